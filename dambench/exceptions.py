@@ -1,0 +1,23 @@
+"""Exceptions and warnings raised by dambench. Each leaf also subclasses the fitting built-in."""
+
+from __future__ import annotations
+
+
+class DambenchError(Exception):
+    """Root of every dambench error."""
+
+
+class DambenchSchemaError(DambenchError, ValueError):
+    """An object does not follow the DAMBench schema (grid, dims, channels, times, units)."""
+
+
+class DambenchInputError(DambenchError, ValueError):
+    """An argument is invalid (bad option, bad weights, NaN where none are allowed)."""
+
+
+class MissingDependencyError(DambenchError, ImportError):
+    """An optional dependency is needed; the message names the extra to install."""
+
+
+class DegenerateFieldWarning(UserWarning):
+    """A metric met a constant or NaN field and returned NaN."""

@@ -1,0 +1,268 @@
+"""Observation operators: ``y = M * x + eps``, NaN where unobserved.
+
+Masks and noise are deterministic functions of ``(seed, time, channel)``: each draw uses numpy's
+``SeedSequence([seed, stream, year, month, day, hour, minute, second, channel_key])`` with PCG64,
+so the same call gives the same observations on any machine, for any chunking, and a channel's
+draw does not depend on which other channels are present. numpy does not promise identical
+random streams across all of its future versions (NEP 19), which is why the benchmark *stores*
+its validation and test observations instead of regenerating them; training may redraw freely.
+
+Patterns
+--------
+``random``
+    every (channel, latitude, longitude) element observed independently with probability
+    ``ratio`` (the paper's default, 0.05);
+``columns``
+    the same points for every channel (stations or soundings observing the whole column), a
+    fresh draw each time;
+``stations``
+    a fixed network of locations (latitude, longitude in degrees) snapped to the nearest grid
+    points, observing every channel at every time.
+
+Noise is Gaussian with a diagonal R: a per-channel standard deviation in the channel's units
+(:data:`dambench.schema.OBSERVATION_ERROR_STD` by default; ``noise=0`` reproduces the upstream
+code's noise-free observations).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from dambench import schema
+from dambench._typing import ObservationPattern
+from dambench.exceptions import DambenchInputError
+
+_MASK_STREAM = 1
+_NOISE_STREAM = 2
+_COLUMN_STREAM = 3
+
+NoiseLike = Literal["default"] | float | Mapping[str, float] | None
+
+
+def _time_key(value: np.datetime64 | None) -> list[int]:
+    if value is None:
+        return []
+    ts = pd.Timestamp(value)
+    return [ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second]
+
+
+def _channel_key(name: str | None) -> int:
+    if name is None:
+        return 0
+    if name in schema.CHANNEL_INDEX:
+        return schema.CHANNEL_INDEX[name]
+    return 1000 + zlib.crc32(name.encode())
+
+
+def _rng(seed: int, stream: int, time_key: list[int], channel_key: int | None = None):
+    entropy = [seed, stream, *time_key] + ([] if channel_key is None else [channel_key])
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def station_indices(
+    latitude: np.ndarray, longitude: np.ndarray, stations_lat: np.ndarray, stations_lon: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest grid row and column of each station (longitude periodic); duplicates collapse."""
+    stations_lat = np.asarray(stations_lat, dtype=np.float64)
+    stations_lon = np.asarray(stations_lon, dtype=np.float64)
+    if stations_lat.shape != stations_lon.shape or stations_lat.ndim != 1:
+        raise DambenchInputError("stations need 1-D latitude and longitude arrays of equal length.")
+    if np.any(np.abs(stations_lat) > 90) or not np.all(np.isfinite(stations_lon)):
+        raise DambenchInputError("station latitudes must lie in [-90, 90] and longitudes be finite.")
+    rows = np.abs(stations_lat[:, None] - np.asarray(latitude)[None, :]).argmin(axis=1)
+    dlon = np.abs(np.mod(stations_lon[:, None] - np.asarray(longitude)[None, :] + 180, 360) - 180)
+    cols = dlon.argmin(axis=1)
+    unique = np.unique(np.stack([rows, cols]), axis=1)
+    return unique[0], unique[1]
+
+
+def _check_options(pattern: str, ratio: float, stations) -> None:
+    if pattern not in schema.OBSERVATION_PATTERNS:
+        raise DambenchInputError(
+            f"Unknown observation {pattern=}; choose from {schema.OBSERVATION_PATTERNS}."
+        )
+    if pattern != "stations" and not 0 <= ratio <= 1:
+        raise DambenchInputError(f"Observation {ratio=} must lie in [0, 1].")
+    if pattern == "stations" and stations is None:
+        raise DambenchInputError("pattern='stations' needs stations=(latitudes, longitudes).")
+
+
+def _block_mask(
+    block: xr.DataArray, pattern: str, ratio: float, seed: int, stations_rc
+) -> np.ndarray:
+    """Boolean mask with the block's shape, drawn time by time and channel by channel."""
+    n_lat, n_lon = block.sizes[schema.LATITUDE], block.sizes[schema.LONGITUDE]
+    times = block[schema.TIME].values if schema.TIME in block.dims else [None]
+    channels = (
+        block[schema.CHANNEL].values.tolist() if schema.CHANNEL in block.dims else [block.name]
+    )
+    out = np.zeros((len(times), len(channels), n_lat, n_lon), dtype=bool)
+    if pattern == "stations":
+        out[:, :, stations_rc[0], stations_rc[1]] = True
+    for i, time in enumerate(times):
+        key = _time_key(time)
+        if pattern == "columns":
+            out[i] = _rng(seed, _COLUMN_STREAM, key).random((n_lat, n_lon)) < ratio
+        elif pattern == "random":
+            for j, channel in enumerate(channels):
+                rng = _rng(seed, _MASK_STREAM, key, _channel_key(channel))
+                out[i, j] = rng.random((n_lat, n_lon)) < ratio
+    return _to_block_layout(out, block)
+
+
+def _block_noise(block: xr.DataArray, seed: int, std_by_channel: Mapping) -> np.ndarray:
+    n_lat, n_lon = block.sizes[schema.LATITUDE], block.sizes[schema.LONGITUDE]
+    times = block[schema.TIME].values if schema.TIME in block.dims else [None]
+    channels = (
+        block[schema.CHANNEL].values.tolist() if schema.CHANNEL in block.dims else [block.name]
+    )
+    out = np.zeros((len(times), len(channels), n_lat, n_lon), dtype=np.float64)
+    for i, time in enumerate(times):
+        key = _time_key(time)
+        for j, channel in enumerate(channels):
+            std = std_by_channel[channel]
+            if std > 0:
+                rng = _rng(seed, _NOISE_STREAM, key, _channel_key(channel))
+                out[i, j] = std * rng.standard_normal((n_lat, n_lon))
+    return _to_block_layout(out, block)
+
+
+def _to_block_layout(values: np.ndarray, block: xr.DataArray) -> np.ndarray:
+    """(time, channel, lat, lon) draws -> the block's own dims (missing time/channel squeezed)."""
+    dims = [schema.TIME, schema.CHANNEL, schema.LATITUDE, schema.LONGITUDE]
+    arr = xr.DataArray(values, dims=dims)
+    for dim in (schema.TIME, schema.CHANNEL):
+        if dim not in block.dims:
+            arr = arr.isel({dim: 0})
+    return arr.transpose(*block.dims).values
+
+
+def _check_field(field: xr.DataArray) -> None:
+    if not isinstance(field, xr.DataArray):
+        raise DambenchInputError(f"Observations are drawn from a DataArray, got {type(field)}.")
+    extra = set(field.dims) - {schema.TIME, schema.CHANNEL, *schema.SPATIAL_DIMS}
+    if extra or not set(schema.SPATIAL_DIMS) <= set(field.dims):
+        raise DambenchInputError(
+            f"Observation operators take dims within {schema.CANONICAL_DIMS} including latitude "
+            f"and longitude; got {field.dims}."
+        )
+
+
+def observation_mask(
+    field: xr.DataArray,
+    *,
+    pattern: ObservationPattern = schema.DEFAULT_OBSERVATION_PATTERN,
+    ratio: float = schema.DEFAULT_OBSERVATION_RATIO,
+    seed: int = schema.DEFAULT_OBSERVATION_SEED,
+    stations: tuple[np.ndarray, np.ndarray] | None = None,
+) -> xr.DataArray:
+    """Boolean mask M (True = observed) with the dims and coords of ``field``; lazy on dask.
+
+    Parameters
+    ----------
+    field
+        The truth, dims within ``(time, channel, latitude, longitude)``.
+    pattern, ratio, seed, stations
+        See the module docstring; ``stations`` is ``(latitudes, longitudes)`` in degrees.
+    """
+    _check_field(field)
+    _check_options(pattern, ratio, stations)
+    stations_rc = None
+    if pattern == "stations":
+        stations_rc = station_indices(
+            field[schema.LATITUDE].values, field[schema.LONGITUDE].values, *stations
+        )
+
+    def draw(block: xr.DataArray) -> xr.DataArray:
+        values = _block_mask(block, pattern, ratio, seed, stations_rc)
+        return xr.DataArray(values, dims=block.dims, coords=block.coords, name="mask")
+
+    template = field.astype(bool).rename("mask")
+    mask = xr.map_blocks(draw, field, template=template) if field.chunks else draw(field)
+    mask.attrs = {"pattern": pattern, "seed": seed}
+    if pattern == "stations":
+        mask.attrs["n_stations"] = len(stations_rc[0])
+    else:
+        mask.attrs["ratio"] = ratio
+    return mask
+
+
+def noise_std(field: xr.DataArray, noise: NoiseLike = "default") -> dict:
+    """Per-channel observation-error standard deviation for ``field``'s channels."""
+    channels = (
+        field[schema.CHANNEL].values.tolist() if schema.CHANNEL in field.dims else [field.name]
+    )
+    if noise is None:
+        return dict.fromkeys(channels, 0.0)
+    if noise == "default":
+        if field.attrs.get("normalized"):
+            raise DambenchInputError(
+                "Default observation errors are in physical units but the field is normalised; "
+                "observe the physical field and normalise afterwards, or pass noise=<std>."
+            )
+        unknown = [c for c in channels if c not in schema.OBSERVATION_ERROR_STD]
+        if unknown:
+            raise DambenchInputError(f"No default observation error for channels {unknown}.")
+        return {c: schema.OBSERVATION_ERROR_STD[c] for c in channels}
+    if isinstance(noise, Mapping):
+        missing = [c for c in channels if c not in noise]
+        if missing:
+            raise DambenchInputError(f"noise mapping lacks channels {missing}.")
+        table = {c: float(noise[c]) for c in channels}
+    else:
+        table = dict.fromkeys(channels, float(noise))
+    if any(not np.isfinite(s) or s < 0 for s in table.values()):
+        raise DambenchInputError(f"Observation error std must be finite and >= 0, got {table}.")
+    return table
+
+
+def observe(
+    field: xr.DataArray,
+    *,
+    pattern: ObservationPattern = schema.DEFAULT_OBSERVATION_PATTERN,
+    ratio: float = schema.DEFAULT_OBSERVATION_RATIO,
+    seed: int = schema.DEFAULT_OBSERVATION_SEED,
+    noise: NoiseLike = "default",
+    stations: tuple[np.ndarray, np.ndarray] | None = None,
+) -> xr.DataArray:
+    """Observations ``y = M * x + eps`` of ``field``, NaN where unobserved; lazy on dask.
+
+    Parameters
+    ----------
+    field
+        The truth in physical units, dims within ``(time, channel, latitude, longitude)``.
+    pattern, ratio, seed, stations
+        As :func:`observation_mask`.
+    noise
+        ``"default"`` (:data:`~dambench.schema.OBSERVATION_ERROR_STD`), one std for all
+        channels, a mapping channel -> std, or ``0``/``None`` for none; in the field's units.
+
+    Returns
+    -------
+    DataArray named ``observation``, same dims, coords and dtype as ``field``; attrs record the
+    settings. ``observation.notnull()`` is the mask.
+    """
+    mask = observation_mask(field, pattern=pattern, ratio=ratio, seed=seed, stations=stations)
+    std = noise_std(field, noise)
+    if any(s > 0 for s in std.values()):
+
+        def draw(block: xr.DataArray) -> xr.DataArray:
+            return xr.DataArray(
+                _block_noise(block, seed, std), dims=block.dims, coords=block.coords
+            )
+
+        template = field.astype(np.float64)
+        eps = xr.map_blocks(draw, field, template=template) if field.chunks else draw(field)
+        values = (field + eps).astype(field.dtype)
+    else:
+        values = field
+    out = values.where(mask)
+    out.name = "observation"
+    out.attrs = {**field.attrs, **mask.attrs, "noise": str(noise)}
+    return out
