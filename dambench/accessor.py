@@ -176,15 +176,18 @@ class DambenchDatasetAccessor(_DambenchAccessor):
     def normalize(self, stats: xr.Dataset | None = None) -> xr.Dataset:
         """Z-score every stacked variable with ``stats`` (default: statistics of the truth)."""
         stats = channel_stats(self._truth()) if stats is None else stats
-        return self._obj.assign(
-            {name: normalize(self._obj[name], stats) for name in self._stacked_fields()}
-        )
+        return self._assign_fields(normalize, stats)
 
     def denormalize(self, stats: xr.Dataset) -> xr.Dataset:
         """Undo :meth:`normalize` on every stacked variable."""
-        return self._obj.assign(
-            {name: denormalize(self._obj[name], stats) for name in self._stacked_fields()}
-        )
+        return self._assign_fields(denormalize, stats)
+
+    def _assign_fields(self, transform, stats: xr.Dataset) -> xr.Dataset:
+        fields = {name: transform(self._obj[name], stats) for name in self._stacked_fields()}
+        out = self._obj.assign(fields)
+        if fields and "units" in out.coords:  # the shared per-channel units coordinate
+            out = out.assign_coords(units=next(iter(fields.values()))["units"])
+        return out
 
     def to_torch(self, dtype: Any = None) -> dict:
         """``{variable: tensor}`` for every variable with latitude and longitude dims."""

@@ -50,6 +50,7 @@ def normalize(field: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
     if "units" in field.coords:
         out = out.assign_coords(units=(schema.CHANNEL, [NORMALIZED_UNITS] * field.sizes[schema.CHANNEL]))
     out.attrs = {**field.attrs, "normalized": 1}
+    out.name = field.name
     return out
 
 
@@ -61,4 +62,5 @@ def denormalize(field: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
         channels = field[schema.CHANNEL].values.tolist()
         out = out.assign_coords(units=(schema.CHANNEL, [schema.channel_units(c) for c in channels]))
     out.attrs = {k: v for k, v in field.attrs.items() if k != "normalized"}
+    out.name = field.name
     return out

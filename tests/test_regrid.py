@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import xarray as xr
+
+from dambench import CANONICAL_GRID, DambenchInputError, Regridder, lat_weights, regrid, validate
+
+
+def area_mean(field: xr.DataArray) -> float:
+    w = lat_weights(field.latitude, "area")
+    return float(field.weighted(w).mean(["latitude", "longitude"]))
+
+
+def quarter_degree(values):
+    lat = np.linspace(90, -90, 721)
+    lon = np.arange(1440) * 0.25
+    return xr.DataArray(values, dims=("latitude", "longitude"),
+                        coords={"latitude": lat, "longitude": lon})
+
+
+def test_constant_stays_constant_and_mean_is_preserved():
+    rng = np.random.default_rng(0)
+    const = regrid(quarter_degree(np.full((721, 1440), 7.0)))
+    np.testing.assert_allclose(const.values, 7.0, rtol=1e-12)
+    field = quarter_degree(rng.random((721, 1440)))
+    out = regrid(field)
+    assert out.shape == (121, 240)
+    assert area_mean(out) == pytest.approx(area_mean(field), rel=1e-9)
+    validate(out)
+
+
+def test_sum_method_preserves_totals_exactly():
+    rng = np.random.default_rng(1)
+    counts = quarter_degree(rng.integers(0, 4, (721, 1440)).astype(float))
+    out = regrid(counts, method="sum")
+    assert float(out.sum()) == pytest.approx(float(counts.sum()), rel=1e-12)
+
+
+def test_orientation_and_longitude_convention_do_not_matter():
+    rng = np.random.default_rng(2)
+    field = quarter_degree(rng.random((721, 1440)))
+    other = field.isel(latitude=slice(None, None, -1)).roll(longitude=720, roll_coords=True)
+    other = other.assign_coords(longitude=((other.longitude + 180) % 360) - 180)
+    np.testing.assert_allclose(regrid(other).values, regrid(field).values, rtol=1e-12)
+
+
+def test_partial_coverage_is_nan_outside():
+    lat = np.arange(-15, 15.1, 2.5)
+    lon = np.arange(0, 360, 2.5)
+    band = xr.DataArray(np.full((lat.size, lon.size), 200.0), dims=("lat", "lon"),
+                        coords={"lat": lat, "lon": lon})
+    out = regrid(band)
+    inside = out.sel(latitude=slice(15, -15))
+    assert np.allclose(inside.values, 200.0)
+    assert out.sel(latitude=slice(90, 18)).isnull().all()
+    # a NaN source cell is excluded from the mean, not treated as 0; target cells lying mostly
+    # inside the 2.5 deg hole lose their coverage and become NaN
+    holed = band.copy()
+    holed[6, 10] = np.nan
+    values = regrid(holed).sel(latitude=slice(15, -15)).values
+    assert np.allclose(values[np.isfinite(values)], 200.0)
+    assert 1 <= np.isnan(values).sum() <= 4
+
+
+def test_bad_source_coordinates():
+    with pytest.raises(DambenchInputError, match="not monotonic"):
+        Regridder(np.array([0.0, 10.0, 5.0]), np.arange(0, 360, 10.0))
+
+
+def test_real_era5_tcwv_quarter_degree(realdata):
+    tcwv = xr.open_dataset(realdata / "era5" / "ERA5-tcwv.nc")["tcwv"].isel(time=0).load()
+    assert tcwv.attrs["units"] == "kg m**-2"
+    out = regrid(tcwv)
+    validate(out)
+    source = tcwv.dambench.to_canonical()
+    assert area_mean(out) == pytest.approx(area_mean(source), rel=1e-6)
+    assert 0.5 < float(out.min()) and float(out.max()) < 64  # within the file's 0.6..63.7 range
+    # every 6th point of the 0.25 deg grid is the 1.5 deg grid: the two agree closely
+    subsampled = source.isel(latitude=slice(None, None, 6), longitude=slice(None, None, 6))
+    validate(subsampled)
+    assert float(abs(subsampled - out).mean()) < 1.0
