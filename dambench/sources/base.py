@@ -1,0 +1,133 @@
+"""What every source reader shares: the ``Source`` contract and opening any fsspec URL.
+
+A *source* turns files (a local path or any fsspec URL: ``gs://``, ``s3://``, ``https://``,
+``hf://``) into canonical xarray objects: schema names and units, latitude 90 -> -90, longitude
+0 -> 360, dims ``(time, channel, latitude, longitude)`` for state variables or
+``(time, latitude, longitude)`` for a single modality. Remote and local paths go through the same
+code: :func:`open_dataset_any` and :func:`local_copy`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import fsspec
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from dambench.exceptions import DambenchError, DambenchInputError
+
+PathLike = str | os.PathLike
+
+
+class DambenchSourceError(DambenchError, OSError):
+    """A source cannot be reached or read; the message says which and what to do."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Reads canonical fields for given times.
+
+    ``__call__(times, channels=None)`` returns a DataArray ``(time, channel, latitude, longitude)``
+    in physical units (per-channel ``units`` coordinate), or raises naming what is missing.
+    """
+
+    def __call__(
+        self, times: Sequence[np.datetime64] | pd.DatetimeIndex, channels: Sequence[str] | None = None
+    ) -> xr.DataArray: ...
+
+
+def is_remote(path: PathLike) -> bool:
+    """True for URLs with a protocol other than ``file://``."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def _protocol(path: PathLike) -> str:
+    text = str(path)
+    return text.split("://", 1)[0] if "://" in text else "file"
+
+
+def _unreachable(path: PathLike, err: Exception) -> DambenchSourceError:
+    hint = ""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and _protocol(path) == "hf":
+        hint = " HF_HUB_OFFLINE=1 is set."
+    return DambenchSourceError(
+        f"Cannot read {path!s} ({type(err).__name__}: {err}).{hint} Check the URL and the network, "
+        "or download the file and pass its local path."
+    )
+
+
+def local_copy(path: PathLike, cache_dir: PathLike | None = None) -> Path:
+    """A local file for ``path``: the path itself, or a cached download of a remote URL.
+
+    Needed by readers whose libraries only take file names (cfgrib for GRIB).
+    """
+    if not is_remote(path):
+        local = Path(str(path).removeprefix("file://"))
+        if not local.exists():
+            raise DambenchInputError(f"No such file: {local}")
+        return local
+    cache = str(cache_dir or Path.home() / ".cache" / "dambench" / "downloads")
+    try:
+        with fsspec.open(f"filecache::{path}", filecache={"cache_storage": cache}) as handle:
+            return Path(handle.name)
+    except Exception as err:  # noqa: BLE001 - any fsspec backend error means unreachable
+        raise _unreachable(path, err) from err
+
+
+def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> xr.Dataset:
+    """Open a Zarr store, netCDF (3 or 4) or GRIB file from a local path or any fsspec URL.
+
+    ``engine`` is inferred from the name (``.zarr`` -> zarr, ``.grib``/``.grb`` -> cfgrib,
+    otherwise netCDF via h5netcdf or scipy) when not given. The result is lazy.
+    """
+    text = str(path).rstrip("/")
+    engine = engine or _guess_engine(text)
+    try:
+        if engine == "zarr":
+            return xr.open_zarr(text, **kwargs)
+        if engine == "cfgrib":
+            backend = {"indexpath": "", **kwargs.pop("backend_kwargs", {})}
+            return xr.open_dataset(local_copy(text), engine="cfgrib", backend_kwargs=backend,
+                                   **kwargs)
+        if is_remote(text):
+            return xr.open_dataset(fsspec.open(text, mode="rb").open(), engine=engine, **kwargs)
+        local = local_copy(text)
+        if engine is None:
+            engine = "h5netcdf" if _is_hdf5(local) else "scipy"
+        return xr.open_dataset(local, engine=engine, **kwargs)
+    except (DambenchError, ValueError, KeyError):
+        raise
+    except (OSError, ImportError) as err:
+        if isinstance(err, ImportError):
+            raise DambenchSourceError(
+                f"Reading {text} needs an optional reader ({err}); for GRIB install "
+                "'dambench[grib]'."
+            ) from err
+        raise _unreachable(text, err) from err
+
+
+def _guess_engine(path: str) -> str | None:
+    name = path.lower()
+    if name.endswith(".zarr") or ".zarr/" in name:
+        return "zarr"
+    if name.endswith((".grib", ".grb", ".grib2", ".grb2")):
+        return "cfgrib"
+    return None
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def check_monotonic(coord: xr.DataArray, name: str, source: str) -> None:
+    """Raise unless ``coord`` is strictly monotonic."""
+    diffs = np.diff(np.asarray(coord.values, dtype=np.float64))
+    if not (np.all(diffs > 0) or np.all(diffs < 0)):
+        raise DambenchInputError(f"{source}: {name} coordinate is not strictly monotonic.")
