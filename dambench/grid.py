@@ -216,3 +216,12 @@ def to_canonical(obj: XrObject) -> XrObject:
     out[schema.LATITUDE].attrs.update(LATITUDE_ATTRS)
     out[schema.LONGITUDE].attrs.update(LONGITUDE_ATTRS)
     return out
+
+
+def spatially_whole(obj: XrObject) -> XrObject:
+    """``obj`` with latitude and longitude in one dask chunk each (no-op for numpy data), as the
+    kernels that work on whole fields need."""
+    if obj.chunks is None:
+        return obj
+    return obj.chunk({dim: -1 for dim in schema.SPATIAL_DIMS if dim in obj.dims})
+

@@ -25,7 +25,7 @@ import xarray as xr
 from dambench import schema
 from dambench._typing import WeightsLike
 from dambench.exceptions import DambenchInputError
-from dambench.grid import resolve_weights
+from dambench.grid import resolve_weights, spatially_whole
 from dambench.normalize import normalize
 from dambench.spectral import spec_div, spec_res
 
@@ -108,8 +108,8 @@ def _error_mean(
     core = list(schema.SPATIAL_DIMS)
     rows = xr.apply_ufunc(
         _row_error_means,
-        prediction,
-        truth,
+        spatially_whole(prediction),
+        spatially_whole(truth),
         kwargs={"power": power},
         input_core_dims=[core, core],
         output_core_dims=[[schema.LATITUDE]],

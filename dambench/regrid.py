@@ -2,8 +2,8 @@
 
 First-order conservative regridding on a regular lat-lon grid is separable: the area shared by a
 source cell and a target cell is ``R^2 * (sin overlap in latitude) * (overlap in longitude, rad)``,
-so the regridder is two small banded matrices applied one axis at a time (longitude first, which
-shrinks the array most). Longitude is periodic; cell bounds are the mid-points between centres,
+so the regridder is two small banded matrices applied one axis at a time (latitude first: gathering
+whole rows is the cheapest pass over a large array). Longitude is periodic; cell bounds are the mid-points between centres,
 the outermost latitude bounds clipped to the poles.
 
 - ``method="conservative"`` (fields and fluxes): the area-weighted mean over the part of the target
@@ -11,6 +11,9 @@ the outermost latitude bounds clipped to the poles.
   The area-weighted global mean is preserved.
 - ``method="sum"`` (counts, e.g. gauges per cell): each source cell's value is split between target
   cells in proportion to the shared area, so the total is preserved.
+- ``method="bilinear"``: linear in latitude and in (periodic) longitude between the surrounding
+  source centres, with the same NaN handling as conservative; a target up to one source spacing
+  beyond the outermost source row (a pole) takes that row's value.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import scipy.sparse
 import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError
-from dambench.grid import CANONICAL_GRID, Grid, to_canonical
+from dambench.grid import CANONICAL_GRID, Grid, spatially_whole, to_canonical
+
+
+Method = Literal["conservative", "sum", "bilinear"]
+METHODS = ("conservative", "sum", "bilinear")
 
 
 def _bounds(centres: np.ndarray, lower: float, upper: float) -> np.ndarray:
@@ -44,6 +52,35 @@ def _interval_overlap(src: np.ndarray, dst: np.ndarray, period: float | None) ->
     return total
 
 
+def _linear_weights(src: np.ndarray, dst: np.ndarray, period: float | None) -> np.ndarray:
+    """(n_dst, n_src) linear-interpolation weights; ``src`` in any monotonic order.
+
+    Periodic when ``period`` is given; otherwise a target up to one source spacing beyond the
+    first or last centre takes that edge value, and one further out gets no weight (NaN).
+    """
+    order = np.argsort(src)
+    s = src[order]
+    weights = np.zeros((dst.size, src.size))
+    if period is not None:
+        s_ext = np.concatenate([s[-1:] - period, s, s[:1] + period])
+        idx_ext = np.concatenate([order[-1:], order, order[:1]])
+        pos = np.mod(dst - s_ext[0], period) + s_ext[0]
+    else:
+        s_ext, idx_ext, pos = s, order, dst
+    spacing = np.abs(np.diff(s)).max()
+    for i, x in enumerate(pos):
+        j = np.searchsorted(s_ext, x, side="right") - 1
+        if 0 <= j < s_ext.size - 1:
+            frac = (x - s_ext[j]) / (s_ext[j + 1] - s_ext[j])
+            weights[i, idx_ext[j]] += 1 - frac
+            weights[i, idx_ext[j + 1]] += frac
+        elif x == s_ext[-1] or (period is None and 0 < x - s_ext[-1] <= spacing):
+            weights[i, idx_ext[-1]] = 1.0
+        elif period is None and 0 < s_ext[0] - x <= spacing:
+            weights[i, idx_ext[0]] = 1.0
+    return weights
+
+
 class _Band:
     """A sparse (n_dst, n_src) matrix stored as per-row source indices and weights."""
 
@@ -53,14 +90,27 @@ class _Band:
         self.index = order
         self.weight = np.take_along_axis(dense, order, axis=1)
         self.dense = dense
+        self.sparse = scipy.sparse.csr_matrix(dense)
 
     def apply(self, x: np.ndarray, axis: int) -> np.ndarray:
-        """Contract ``x`` along ``axis`` with the matrix."""
-        x = np.moveaxis(x, axis, -1)
-        out = np.zeros(x.shape[:-1] + (self.index.shape[0],), dtype=np.result_type(x, np.float32))
+        """Contract ``x`` along ``axis`` (-1 or -2) with the matrix."""
+        dtype = np.result_type(x, np.float32)
+        if axis == -2:
+            # sparse rows times whole contiguous source rows, one 2-D slice at a time
+            matrix = self.sparse.astype(dtype)
+            flat = x.reshape(-1, *x.shape[-2:])
+            out = np.empty((flat.shape[0], self.index.shape[0], x.shape[-1]), dtype=dtype)
+            for i, plane in enumerate(flat):
+                out[i] = matrix @ plane
+            return out.reshape(*x.shape[:-2], *out.shape[-2:])
+        n_out = self.index.shape[0]
+        out = np.zeros((*x.shape[:-1], n_out), dtype=dtype)
+        scratch = np.empty_like(out)
         for k in range(self.index.shape[1]):
-            out += x[..., self.index[:, k]] * self.weight[:, k].astype(out.dtype)
-        return np.moveaxis(out, -1, axis)
+            picked = np.take(x, self.index[:, k], axis=-1)
+            np.multiply(picked, self.weight[:, k].astype(dtype), out=scratch)
+            out += scratch
+        return out
 
 
 class Regridder:
@@ -101,36 +151,51 @@ class Regridder:
         self.target_area = np.outer(np.diff(dst_lat_b)[::-1], np.diff(np.deg2rad(dst_lon_b)))
         self.source_area = np.outer(self._lat.dense.sum(axis=0), self._lon.dense.sum(axis=0))
 
-    def _contract(self, x: np.ndarray) -> np.ndarray:
-        return self._lat.apply(self._lon.apply(x, axis=-1), axis=-2)
+        self._source = (src_lat, src_lon)
+        self._bilinear: tuple[_Band, _Band] | None = None
+
+    def _contract(self, x: np.ndarray, bands: tuple[_Band, _Band] | None = None) -> np.ndarray:
+        lat_band, lon_band = bands or (self._lat, self._lon)
+        return lon_band.apply(lat_band.apply(x, axis=-2), axis=-1)
+
+    def _bilinear_bands(self) -> tuple[_Band, _Band]:
+        if self._bilinear is None:
+            src_lat, src_lon = self._source
+            self._bilinear = (
+                _Band(_linear_weights(src_lat, self.grid.latitude, None)),
+                _Band(_linear_weights(src_lon, self.grid.longitude, 360.0)),
+            )
+        return self._bilinear
 
     def regrid_array(
         self,
         x: np.ndarray,
-        method: Literal["conservative", "sum"] = "conservative",
+        method: Method = "conservative",
         min_coverage: float = 0.5,
     ) -> np.ndarray:
         """Regrid an array ``(..., latitude, longitude)`` in the source's orientation."""
-        if method not in ("conservative", "sum"):
-            raise DambenchInputError(f"Unknown regridding {method=}; use 'conservative' or 'sum'.")
+        if method not in METHODS:
+            raise DambenchInputError(f"Unknown regridding {method=}; use one of {METHODS}.")
         x = np.asarray(x)
         valid = ~np.isnan(x)
         has_nan = not valid.all()
         filled = np.where(valid, x, 0) if has_nan else x
         if method == "sum":
             return self._contract(filled.astype(np.float64) / self.source_area)
-        weighted_sum = self._contract(filled)
+        bands = self._bilinear_bands() if method == "bilinear" else None
+        full = 1.0 if method == "bilinear" else self.target_area
+        weighted_sum = self._contract(filled, bands)
         coverage_source = valid if has_nan else np.ones(x.shape[-2:], dtype=bool)
-        covered = self._contract(coverage_source.astype(np.float64))
+        covered = self._contract(coverage_source.astype(np.float64), bands)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = weighted_sum / covered
-        enough = covered >= min_coverage * self.target_area
+        enough = covered >= min_coverage * full
         return np.where(enough, out, np.nan).astype(x.dtype, copy=False)
 
     def __call__(
         self,
         obj: xr.DataArray | xr.Dataset,
-        method: Literal["conservative", "sum"] = "conservative",
+        method: Method = "conservative",
         min_coverage: float = 0.5,
     ):
         """Regrid a DataArray or Dataset with ``latitude``/``longitude`` dims; lazy on dask."""
@@ -140,6 +205,7 @@ class Regridder:
         def one(da: xr.DataArray) -> xr.DataArray:
             if not set(core) <= set(da.dims):
                 return da
+            da = spatially_whole(da)
             result = xr.apply_ufunc(
                 self.regrid_array,
                 da,
@@ -164,7 +230,7 @@ class Regridder:
 def regrid(
     obj: xr.DataArray | xr.Dataset,
     grid: Grid = CANONICAL_GRID,
-    method: Literal["conservative", "sum"] = "conservative",
+    method: Method = "conservative",
     min_coverage: float = 0.5,
 ):
     """Conservatively regrid ``obj`` (any regular lat-lon grid) to ``grid``, in canonical form."""

@@ -34,6 +34,7 @@ import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError, DegenerateFieldWarning
+from dambench.grid import spatially_whole
 
 RATIO_CLAMP = 1e-9
 DEFAULT_QUANTILE = 0.9
@@ -155,8 +156,8 @@ def _spectral_metric(
     core = list(schema.SPATIAL_DIMS)
     score = xr.apply_ufunc(
         kernel,
-        prediction,
-        truth,
+        spatially_whole(prediction),
+        spatially_whole(truth),
         kwargs={"q": q},
         input_core_dims=[core, core],
         dask="parallelized",

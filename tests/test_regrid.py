@@ -78,3 +78,25 @@ def test_real_era5_tcwv_quarter_degree(realdata):
     subsampled = source.isel(latitude=slice(None, None, 6), longitude=slice(None, None, 6))
     validate(subsampled)
     assert float(abs(subsampled - out).mean()) < 1.0
+
+
+def test_bilinear_reproduces_a_smooth_field():
+    lat = np.arange(-89.75, 90, 0.5)
+    lon = np.arange(0.25, 360, 0.5)
+    field = xr.DataArray(np.cos(np.deg2rad(lat))[:, None] * np.sin(np.deg2rad(lon))[None, :],
+                         dims=("lat", "lon"), coords={"lat": lat, "lon": lon})
+    out = regrid(field, method="bilinear")
+    exact = (np.cos(np.deg2rad(CANONICAL_GRID.latitude))[:, None]
+             * np.sin(np.deg2rad(CANONICAL_GRID.longitude))[None, :])
+    interior = slice(1, -1)  # the pole rows take the nearest source row (89.75 deg)
+    # linear interpolation error of a sine over 0.5 deg: at most (0.5 deg)^2 / 8 ~ 1e-5
+    assert np.abs(out.values[interior] - exact[interior]).max() < 2e-5
+    # the pole row: the 89.75 deg source row interpolated in longitude (sin(0) = 0 at exact[60, 0])
+    assert np.abs(out.values[0] - np.cos(np.deg2rad(89.75)) * exact[60]).max() < 1e-6
+    # longitude 0 lies between source columns 359.75 and 0.25: periodic interpolation gives ~0
+    np.testing.assert_allclose(out.sel(longitude=0.0).values, 0.0, atol=1e-9)
+
+
+def test_unknown_method_raises():
+    with pytest.raises(DambenchInputError, match="Unknown regridding"):
+        regrid(quarter_degree(np.zeros((721, 1440))), method="nearest")
