@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="dambench-hf-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("DAMBENCH_CACHE", tempfile.mkdtemp(prefix="dambench-cache-"))
 
 import pytest  # noqa: E402
 

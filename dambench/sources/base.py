@@ -10,6 +10,7 @@ code: :func:`open_dataset_any` and :func:`local_copy`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -62,6 +63,11 @@ def _unreachable(path: PathLike, err: Exception) -> DambenchSourceError:
     )
 
 
+def cache_root() -> Path:
+    """dambench's cache folder: ``$DAMBENCH_CACHE`` or ``~/.cache/dambench``."""
+    return Path(os.environ.get("DAMBENCH_CACHE") or Path.home() / ".cache" / "dambench")
+
+
 def local_copy(path: PathLike, cache_dir: PathLike | None = None) -> Path:
     """A local file for ``path``: the path itself, or a cached download of a remote URL.
 
@@ -72,7 +78,7 @@ def local_copy(path: PathLike, cache_dir: PathLike | None = None) -> Path:
         if not local.exists():
             raise DambenchInputError(f"No such file: {local}")
         return local
-    cache = str(cache_dir or Path.home() / ".cache" / "dambench" / "downloads")
+    cache = str(cache_dir or cache_root() / "downloads")
     try:
         with fsspec.open(f"filecache::{path}", filecache={"cache_storage": cache}) as handle:
             return Path(handle.name)
@@ -90,7 +96,10 @@ def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> 
     engine = engine or _guess_engine(text)
     try:
         if engine == "zarr":
-            return xr.open_zarr(text, **kwargs)
+            with warnings.catch_warnings():
+                # stores without consolidated metadata (zarr v3 default) are read directly
+                warnings.filterwarnings("ignore", message="Failed to open Zarr store with cons")
+                return xr.open_zarr(text, **kwargs)
         if engine == "cfgrib":
             backend = {"indexpath": "", **kwargs.pop("backend_kwargs", {})}
             return xr.open_dataset(local_copy(text), engine="cfgrib", backend_kwargs=backend,
