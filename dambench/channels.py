@@ -15,6 +15,7 @@ import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchSchemaError
+from dambench.units import canonical_units
 
 CHANNELS_ATTR = "dambench_channels"
 """Dataset attribute listing the channels of a per-variable Dataset, so the round trip is exact."""
@@ -106,7 +107,7 @@ def to_channels(ds: xr.Dataset, channels: Sequence[str] | None = None) -> xr.Dat
         level = schema.CHANNEL_LEVEL[name]
         field = ds[var] if level is None else ds[var].sel({schema.LEVEL: level}, drop=True)
         pieces.append(field.drop_vars([c for c in field.coords if c not in field.dims]))
-        units.append(ds[var].attrs.get("units", schema.channel_units(name)))
+        units.append(canonical_units(ds[var].attrs.get("units", schema.channel_units(name))))
     coords = channel_coords(names)
     coords["units"] = xr.DataArray(units, dims=schema.CHANNEL)
     stacked = xr.concat(pieces, dim=schema.CHANNEL, coords="minimal", compat="override")

@@ -9,7 +9,7 @@ import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError
-from dambench.validate import NORMALIZED_UNITS
+from dambench.units import NORMALIZED_UNITS
 
 
 def channel_stats(

@@ -41,22 +41,45 @@ def _bounds(centres: np.ndarray, lower: float, upper: float) -> np.ndarray:
     return np.clip(np.concatenate([[first], mids, [last]]), lower, upper)
 
 
-def _interval_overlap(src: np.ndarray, dst: np.ndarray, period: float | None) -> np.ndarray:
-    """(n_dst, n_src) length of the overlap of intervals ``dst[i]..dst[i+1]`` and ``src[j]..``."""
-    shifts = (0.0,) if period is None else (-period, 0.0, period)
-    total = np.zeros((dst.size - 1, src.size - 1))
-    for shift in shifts:
-        lo = np.maximum(dst[:-1, None], src[None, :-1] + shift)
-        hi = np.minimum(dst[1:, None], src[None, 1:] + shift)
+def _longitude_bounds(lon: np.ndarray) -> np.ndarray:
+    """(n, 2) west and east bounds of cells of a regular longitude spacing.
+
+    A regional grid crossing 0 degrees, once wrapped and sorted, has a gap: the cells keep their own
+    width instead of stretching across it. Spacings that are not multiples of the smallest raise.
+    """
+    steps = np.diff(lon)
+    spacing = steps.min()
+    multiples = steps / spacing
+    if np.any(np.abs(multiples - np.round(multiples)) > 1e-6):
+        raise DambenchInputError(
+            f"Source longitude is not regularly spaced (steps {np.unique(np.round(steps, 6))})."
+        )
+    return np.stack([lon - spacing / 2, lon + spacing / 2], axis=1)
+
+
+def _cell_overlap(src: np.ndarray, dst: np.ndarray, period: float) -> np.ndarray:
+    """(n_dst, n_src) overlap of periodic cells given as (n, 2) [west, east] bounds."""
+    total = np.zeros((dst.shape[0], src.shape[0]))
+    for shift in (-period, 0.0, period):
+        lo = np.maximum(dst[:, None, 0], src[None, :, 0] + shift)
+        hi = np.minimum(dst[:, None, 1], src[None, :, 1] + shift)
         total += np.clip(hi - lo, 0.0, None)
     return total
+
+
+def _interval_overlap(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(n_dst, n_src) length of the overlap of intervals ``dst[i]..dst[i+1]`` and ``src[j]..``."""
+    lo = np.maximum(dst[:-1, None], src[None, :-1])
+    hi = np.minimum(dst[1:, None], src[None, 1:])
+    return np.clip(hi - lo, 0.0, None)
 
 
 def _linear_weights(src: np.ndarray, dst: np.ndarray, period: float | None) -> np.ndarray:
     """(n_dst, n_src) linear-interpolation weights; ``src`` in any monotonic order.
 
     Periodic when ``period`` is given; otherwise a target up to one source spacing beyond the
-    first or last centre takes that edge value, and one further out gets no weight (NaN).
+    first or last centre takes that edge value, and one further out gets no weight (NaN), as does
+    a target inside a gap of a regional grid.
     """
     order = np.argsort(src)
     s = src[order]
@@ -67,9 +90,11 @@ def _linear_weights(src: np.ndarray, dst: np.ndarray, period: float | None) -> n
         pos = np.mod(dst - s_ext[0], period) + s_ext[0]
     else:
         s_ext, idx_ext, pos = s, order, dst
-    spacing = np.abs(np.diff(s)).max()
+    spacing = np.abs(np.diff(s)).min()
     for i, x in enumerate(pos):
         j = np.searchsorted(s_ext, x, side="right") - 1
+        if 0 <= j < s_ext.size - 1 and s_ext[j + 1] - s_ext[j] > 1.5 * spacing:
+            continue  # a gap in a regional grid: no source on either side
         if 0 <= j < s_ext.size - 1:
             frac = (x - s_ext[j]) / (s_ext[j + 1] - s_ext[j])
             weights[i, idx_ext[j]] += 1 - frac
@@ -139,16 +164,13 @@ class Regridder:
         ascending = src_lat[0] < src_lat[-1]
         src_lat_b = np.sin(np.deg2rad(_bounds(src_lat if ascending else src_lat[::-1], -90, 90)))
         dst_lat_b = np.sin(np.deg2rad(_bounds(grid.latitude[::-1], -90, 90)))
-        lat_overlap = _interval_overlap(src_lat_b, dst_lat_b, None)[::-1]  # target rows N -> S
+        lat_overlap = _interval_overlap(src_lat_b, dst_lat_b)[::-1]  # target rows N -> S
         self._lat = _Band(lat_overlap if ascending else lat_overlap[:, ::-1])
-        spacing = np.diff(src_lon).mean()
-        src_lon_b = np.concatenate(
-            [[src_lon[0] - spacing / 2], (src_lon[1:] + src_lon[:-1]) / 2, [src_lon[-1] + spacing / 2]]
-        )
-        dst_lon_b = np.append(grid.longitude, grid.longitude[-1] + grid.spacing_deg)
-        dst_lon_b = dst_lon_b - grid.spacing_deg / 2
-        self._lon = _Band(np.deg2rad(_interval_overlap(src_lon_b, dst_lon_b, 360.0)))
-        self.target_area = np.outer(np.diff(dst_lat_b)[::-1], np.diff(np.deg2rad(dst_lon_b)))
+        src_lon_b = _longitude_bounds(src_lon)
+        dst_lon_b = np.stack([grid.longitude - grid.spacing_deg / 2,
+                              grid.longitude + grid.spacing_deg / 2], axis=1)
+        self._lon = _Band(np.deg2rad(_cell_overlap(src_lon_b, dst_lon_b, 360.0)))
+        self.target_area = np.outer(np.diff(dst_lat_b)[::-1], np.deg2rad(np.diff(dst_lon_b, axis=1)[:, 0]))
         self.source_area = np.outer(self._lat.dense.sum(axis=0), self._lon.dense.sum(axis=0))
 
         self._source = (src_lat, src_lon)
@@ -177,6 +199,8 @@ class Regridder:
         if method not in METHODS:
             raise DambenchInputError(f"Unknown regridding {method=}; use one of {METHODS}.")
         x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float64)
         valid = ~np.isnan(x)
         has_nan = not valid.all()
         filled = np.where(valid, x, 0) if has_nan else x
@@ -213,7 +237,7 @@ class Regridder:
                 input_core_dims=[core],
                 output_core_dims=[["__lat", "__lon"]],
                 dask="parallelized",
-                output_dtypes=[da.dtype],
+                output_dtypes=[_output_dtype(da.dtype, method)],
                 dask_gufunc_kwargs={"output_sizes": dict(zip(["__lat", "__lon"], self.grid.shape,
                                                              strict=True))},
                 keep_attrs=True,
@@ -225,6 +249,12 @@ class Regridder:
         if isinstance(obj, xr.Dataset):
             return obj.map(one, keep_attrs=True).assign_coords(out_coords)
         return one(obj)
+
+
+def _output_dtype(dtype: np.dtype, method: str) -> np.dtype:
+    if method == "sum" or not np.issubdtype(dtype, np.floating):
+        return np.dtype(np.float64)
+    return np.dtype(dtype)
 
 
 def regrid(

@@ -100,3 +100,33 @@ def test_bilinear_reproduces_a_smooth_field():
 def test_unknown_method_raises():
     with pytest.raises(DambenchInputError, match="Unknown regridding"):
         regrid(quarter_degree(np.zeros((721, 1440))), method="nearest")
+
+
+@pytest.mark.parametrize("method", ["conservative", "bilinear"])
+def test_regional_grid_crossing_greenwich(method):
+    """-70..40 E wraps to 0..40 and 290..358: the gap between them stays empty."""
+    lat = np.arange(70, 19, -1.0)
+    lon = np.arange(-70, 40.1, 1.0)
+    field = xr.DataArray(np.full((lat.size, lon.size), 3.0), dims=("lat", "lon"),
+                         coords={"lat": lat, "lon": lon})
+    out = regrid(field, method=method)
+    assert out.sel(latitude=45.0, longitude=180.0).isnull()
+    assert out.sel(latitude=45.0, longitude=100.5).isnull()
+    np.testing.assert_allclose(out.sel(latitude=45.0, longitude=[0.0, 30.0, 300.0, 358.5]), 3.0)
+
+
+def test_integer_input_gives_fractional_float_means():
+    mask = quarter_degree(np.zeros((721, 1440), dtype=np.int64))
+    # source cells at 0, 0.25, 0.5 E span -0.125..0.625: 0.75 of the 1.5 deg target cell at 0 E
+    mask[:, :3] = 1
+    out = regrid(mask)
+    assert out.dtype == np.float64
+    assert float(out.isel(latitude=60, longitude=0)) == pytest.approx(0.5)
+
+
+def test_irregular_longitude_raises():
+    lon = np.array([0.0, 1.0, 2.5, 4.0])
+    field = xr.DataArray(np.ones((3, 4)), dims=("lat", "lon"),
+                         coords={"lat": [10.0, 0.0, -10.0], "lon": lon})
+    with pytest.raises(DambenchInputError, match="not regularly spaced"):
+        regrid(field)

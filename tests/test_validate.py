@@ -4,7 +4,7 @@ import xarray as xr
 
 from dambench import DambenchSchemaError, to_canonical, validate
 from dambench.testing import mock_triplet, smooth_field
-from dambench.validate import canonical_units
+from dambench.units import canonical_units
 
 
 @pytest.fixture(scope="module")
