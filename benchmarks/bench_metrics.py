@@ -11,23 +11,23 @@ Each timing is the best of --repeats runs. The last line printed is
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from _timing import best_of
 
-from dambench import CANONICAL_GRID, channel_coords, lat_weights, mae, mse, rmse, schema
-from dambench import spec_div, spec_res
-
-
-def best_of(func, repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        best = min(best, time.perf_counter() - start)
-    return best
+from dambench import (
+    CANONICAL_GRID,
+    channel_coords,
+    lat_weights,
+    mae,
+    mse,
+    rmse,
+    schema,
+    spec_div,
+    spec_res,
+)
 
 
 def main() -> None:

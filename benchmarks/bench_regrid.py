@@ -8,20 +8,11 @@ ratio includes computing the weights. Best of --repeats. Last line: ``regrid_rat
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import best_of
 
 from dambench import CANONICAL_GRID, Regridder, lat_weights, schema
-
-
-def best_of(func, repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

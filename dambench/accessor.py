@@ -29,9 +29,7 @@ def import_torch():
     try:
         import torch
     except ImportError as err:
-        raise MissingDependencyError(
-            "This needs PyTorch: pip install 'dambench[torch]'."
-        ) from err
+        raise MissingDependencyError("This needs PyTorch: pip install 'dambench[torch]'.") from err
     return torch
 
 

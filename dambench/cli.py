@@ -12,7 +12,6 @@ from dambench import __version__, schema
 def _quickstart(args: argparse.Namespace) -> int:
     import numpy as np
 
-
     from dambench.metrics import evaluate, format_table3, scores_to_frame
     from dambench.normalize import channel_stats
     from dambench.observe import observe
@@ -32,7 +31,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(
         f"{target.sizes['time']} cycles, channels {target.channel.values.tolist()}, "
         f"grid {target.sizes['latitude']}x{target.sizes['longitude']}; background = persistence "
-        f"from {lag} steps earlier ({hours.min():.0f}-{hours.max():.0f} h); observations: {args.ratio:.0%} random points with default noise (seed {args.seed})."
+        f"from {lag} steps earlier ({hours.min():.0f}-{hours.max():.0f} h); observations: "
+        f"{args.ratio:.0%} random points with default noise (seed {args.seed})."
     )
     results = {
         "Background (persistence)": evaluate(background, target, stats=stats),
@@ -66,14 +66,18 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     print(f"dambench {__version__}, schema {schema.SCHEMA_VERSION}")
-    print(f"grid: {schema.GRID_SPACING_DEG} deg, {schema.N_LATITUDE} x {schema.N_LONGITUDE}, "
-          f"latitude 90 -> -90, longitude 0 -> {360 - schema.GRID_SPACING_DEG}")
+    print(
+        f"grid: {schema.GRID_SPACING_DEG} deg, {schema.N_LATITUDE} x {schema.N_LONGITUDE}, "
+        f"latitude 90 -> -90, longitude 0 -> {360 - schema.GRID_SPACING_DEG}"
+    )
     print(f"dims: {schema.CANONICAL_DIMS}")
     print(f"channels ({len(schema.CHANNELS)}): {', '.join(schema.CHANNELS)}")
     for name, (first, last) in schema.SPLITS.items():
         print(f"split {name}: {first} .. {last}, daily at 00 UTC")
-    print(f"observations: {schema.DEFAULT_OBSERVATION_PATTERN}, ratio "
-          f"{schema.DEFAULT_OBSERVATION_RATIO}, seed {schema.DEFAULT_OBSERVATION_SEED}")
+    print(
+        f"observations: {schema.DEFAULT_OBSERVATION_PATTERN}, ratio "
+        f"{schema.DEFAULT_OBSERVATION_RATIO}, seed {schema.DEFAULT_OBSERVATION_SEED}"
+    )
     return 0
 
 
@@ -93,12 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--out", default="dambench-quickstart", help="output folder")
     quick.add_argument("--seed", type=int, default=schema.DEFAULT_OBSERVATION_SEED)
-    quick.add_argument("--ratio", type=float, default=schema.DEFAULT_OBSERVATION_RATIO,
-                       help="fraction of observed grid points")
-    quick.add_argument("--lag-steps", type=int, default=3,
-                       help="persistence lag in sample steps (about 7 h each)")
-    quick.add_argument("--channel", default="t2m", choices=schema.SURFACE_VARIABLES,
-                       help="channel shown in the figure")
+    quick.add_argument(
+        "--ratio",
+        type=float,
+        default=schema.DEFAULT_OBSERVATION_RATIO,
+        help="fraction of observed grid points",
+    )
+    quick.add_argument(
+        "--lag-steps", type=int, default=3, help="persistence lag in sample steps (about 7 h each)"
+    )
+    quick.add_argument(
+        "--channel",
+        default="t2m",
+        choices=schema.SURFACE_VARIABLES,
+        help="channel shown in the figure",
+    )
     quick.set_defaults(func=_quickstart)
     info = sub.add_parser("info", help="print the benchmark schema")
     info.set_defaults(func=_info)

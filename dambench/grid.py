@@ -224,4 +224,3 @@ def spatially_whole(obj: XrObject) -> XrObject:
     if obj.chunks is None:
         return obj
     return obj.chunk({dim: -1 for dim in schema.SPATIAL_DIMS if dim in obj.dims})
-

@@ -102,8 +102,9 @@ def _error_mean(
     fused = not skipna and schema.LONGITUDE in dims and schema.LATITUDE in dims
     if not fused:
         err = _error(prediction, truth)
-        return spatial_mean(err**2 if power == 2 else abs(err), weights=weights, dims=dims,
-                            skipna=skipna)
+        return spatial_mean(
+            err**2 if power == 2 else abs(err), weights=weights, dims=dims, skipna=skipna
+        )
     prediction, truth = xr.align(prediction, truth, join="exact")
     core = list(schema.SPATIAL_DIMS)
     rows = xr.apply_ufunc(
@@ -148,9 +149,7 @@ def mse(
 ) -> xr.DataArray:
     """Mean squared error over ``dims`` (add ``"channel"`` for the paper's all-channel MSE), then
     the mean over ``sample_dim``. Units: the fields' units squared."""
-    per_sample = _error_mean(
-        prediction, truth, power=2, weights=weights, dims=dims, skipna=skipna
-    )
+    per_sample = _error_mean(prediction, truth, power=2, weights=weights, dims=dims, skipna=skipna)
     out = _sample_mean(per_sample, sample_dim, skipna)
     return _describe(out, "mse", weights=_weights_label(weights), dims=",".join(dims))
 
@@ -165,9 +164,7 @@ def mae(
     skipna: bool = False,
 ) -> xr.DataArray:
     """Mean absolute error over ``dims``, then the mean over ``sample_dim``; the fields' units."""
-    per_sample = _error_mean(
-        prediction, truth, power=1, weights=weights, dims=dims, skipna=skipna
-    )
+    per_sample = _error_mean(prediction, truth, power=1, weights=weights, dims=dims, skipna=skipna)
     out = _sample_mean(per_sample, sample_dim, skipna)
     return _describe(out, "mae", weights=_weights_label(weights), dims=",".join(dims))
 
@@ -181,7 +178,7 @@ def bias(
     sample_dim: SampleDim = schema.TIME,
     skipna: bool = False,
 ) -> xr.DataArray:
-    """Mean error (prediction - truth) over ``dims``, then over ``sample_dim``; the fields' units."""
+    """Mean error (prediction - truth) over ``dims``, then over ``sample_dim``; field units."""
     per_sample = spatial_mean(_error(prediction, truth), weights=weights, dims=dims, skipna=skipna)
     out = _sample_mean(per_sample, sample_dim, skipna)
     return _describe(out, "bias", weights=_weights_label(weights), dims=",".join(dims))
@@ -350,7 +347,9 @@ def evaluate(
         dim=xr.DataArray(list(scores), dims="metric", name="metric"),
     )
     result = stacked.to_dataset(dim=schema.CHANNEL)
-    units = dict(zip(prediction[schema.CHANNEL].values.tolist(), _units_of(prediction), strict=True))
+    units = dict(
+        zip(prediction[schema.CHANNEL].values.tolist(), _units_of(prediction), strict=True)
+    )
     for channel in result.data_vars:
         result[channel].attrs["units"] = units[channel]
     result.attrs = {
@@ -405,8 +404,9 @@ def table3_row(result: xr.Dataset) -> dict[str, float]:
     return row
 
 
-def format_table3(results: Mapping[str, xr.Dataset], *, fmt: Literal["text", "markdown"] = "text"
-                  ) -> str:
+def format_table3(
+    results: Mapping[str, xr.Dataset], *, fmt: Literal["text", "markdown"] = "text"
+) -> str:
     """Render rows ``{name: evaluate(...)}`` as the paper's Table 3 (text or Markdown)."""
     rows = {name: table3_row(res) for name, res in results.items()}
     columns = [c for c in TABLE3_COLUMNS if any(c in r for r in rows.values())]
@@ -421,21 +421,29 @@ def format_table3(results: Mapping[str, xr.Dataset], *, fmt: Literal["text", "ma
         lines += ["| " + " | ".join(row) + " |" for row in body]
     else:
         lines = ["  ".join(str(v).rjust(w) for v, w in zip(header, widths, strict=True))]
-        lines += ["  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in body]
+        lines += [
+            "  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in body
+        ]
     return "\n".join(lines)
 
 
 def scores_to_frame(results: Mapping[str, xr.Dataset]):
-    """Long-format table (method, channel, metric, value, field_units) of :func:`evaluate` results."""
+    """Long table (method, channel, metric, value, field_units) of :func:`evaluate` results."""
     import pandas as pd
 
     rows = [
-        {"method": method, "channel": channel, "metric": metric, "value": float(value),
-         "field_units": result[channel].attrs.get("units", "")}
+        {
+            "method": method,
+            "channel": channel,
+            "metric": metric,
+            "value": float(value),
+            "field_units": result[channel].attrs.get("units", ""),
+        }
         for method, result in results.items()
         for channel in result.data_vars
-        for metric, value in zip(result["metric"].values.tolist(), result[channel].values,
-                                 strict=True)
+        for metric, value in zip(
+            result["metric"].values.tolist(), result[channel].values, strict=True
+        )
     ]
     return pd.DataFrame(rows, columns=["method", "channel", "metric", "value", "field_units"])
 

@@ -48,7 +48,9 @@ def normalize(field: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
     mean, std = _aligned_stats(field, stats)
     out = ((field - mean) / std).astype(field.dtype)
     if "units" in field.coords:
-        out = out.assign_coords(units=(schema.CHANNEL, [NORMALIZED_UNITS] * field.sizes[schema.CHANNEL]))
+        out = out.assign_coords(
+            units=(schema.CHANNEL, [NORMALIZED_UNITS] * field.sizes[schema.CHANNEL])
+        )
     out.attrs = {**field.attrs, "normalized": 1}
     out.name = field.name
     return out

@@ -74,7 +74,9 @@ def station_indices(
     if stations_lat.shape != stations_lon.shape or stations_lat.ndim != 1:
         raise DambenchInputError("stations need 1-D latitude and longitude arrays of equal length.")
     if np.any(np.abs(stations_lat) > 90) or not np.all(np.isfinite(stations_lon)):
-        raise DambenchInputError("station latitudes must lie in [-90, 90] and longitudes be finite.")
+        raise DambenchInputError(
+            "station latitudes must lie in [-90, 90] and longitudes be finite."
+        )
     rows = np.abs(stations_lat[:, None] - np.asarray(latitude)[None, :]).argmin(axis=1)
     dlon = np.abs(np.mod(stations_lon[:, None] - np.asarray(longitude)[None, :] + 180, 360) - 180)
     cols = dlon.argmin(axis=1)

@@ -3,8 +3,9 @@
 First-order conservative regridding on a regular lat-lon grid is separable: the area shared by a
 source cell and a target cell is ``R^2 * (sin overlap in latitude) * (overlap in longitude, rad)``,
 so the regridder is two small banded matrices applied one axis at a time (latitude first: gathering
-whole rows is the cheapest pass over a large array). Longitude is periodic; cell bounds are the mid-points between centres,
-the outermost latitude bounds clipped to the poles.
+whole rows is the cheapest pass over a large array). Longitude is periodic; latitude bounds are
+the mid-points between centres, the outermost clipped to the poles; longitude cells are one
+regular spacing wide, so a regional grid crossing 0 degrees keeps its gap empty.
 
 - ``method="conservative"`` (fields and fluxes): the area-weighted mean over the part of the target
   cell covered by valid (non-NaN) source cells; NaN where that part is below ``min_coverage``.
@@ -27,7 +28,6 @@ import xarray as xr
 from dambench import schema
 from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID, Grid, spatially_whole, to_canonical
-
 
 Method = Literal["conservative", "sum", "bilinear"]
 METHODS = ("conservative", "sum", "bilinear")
@@ -167,10 +167,13 @@ class Regridder:
         lat_overlap = _interval_overlap(src_lat_b, dst_lat_b)[::-1]  # target rows N -> S
         self._lat = _Band(lat_overlap if ascending else lat_overlap[:, ::-1])
         src_lon_b = _longitude_bounds(src_lon)
-        dst_lon_b = np.stack([grid.longitude - grid.spacing_deg / 2,
-                              grid.longitude + grid.spacing_deg / 2], axis=1)
+        dst_lon_b = np.stack(
+            [grid.longitude - grid.spacing_deg / 2, grid.longitude + grid.spacing_deg / 2], axis=1
+        )
         self._lon = _Band(np.deg2rad(_cell_overlap(src_lon_b, dst_lon_b, 360.0)))
-        self.target_area = np.outer(np.diff(dst_lat_b)[::-1], np.deg2rad(np.diff(dst_lon_b, axis=1)[:, 0]))
+        self.target_area = np.outer(
+            np.diff(dst_lat_b)[::-1], np.deg2rad(np.diff(dst_lon_b, axis=1)[:, 0])
+        )
         self.source_area = np.outer(self._lat.dense.sum(axis=0), self._lon.dense.sum(axis=0))
 
         self._source = (src_lat, src_lon)
@@ -238,8 +241,9 @@ class Regridder:
                 output_core_dims=[["__lat", "__lon"]],
                 dask="parallelized",
                 output_dtypes=[_output_dtype(da.dtype, method)],
-                dask_gufunc_kwargs={"output_sizes": dict(zip(["__lat", "__lon"], self.grid.shape,
-                                                             strict=True))},
+                dask_gufunc_kwargs={
+                    "output_sizes": dict(zip(["__lat", "__lon"], self.grid.shape, strict=True))
+                },
                 keep_attrs=True,
             )
             result = result.rename({"__lat": schema.LATITUDE, "__lon": schema.LONGITUDE})

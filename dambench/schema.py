@@ -5,14 +5,16 @@ a channel order or a dimension name.
 
 Sources
 -------
-- Channel order: the DAMBench/FengWu order (surface u10, v10, t2m, msl; then z, q, u, v, t each at the
+- Channel order: the DAMBench/FengWu order (surface u10, v10, t2m, msl; then z, q, u, v, t each at
+  the
   13 WeatherBench2 pressure levels, ascending in hPa), as in the DAMBench configs and Earth2Studio's
   ``FengWu.VARIABLES``.
 - Units and CF standard names: ERA5 native units (ECMWF parameter database) and the CF standard name
   table (v84).
-- Grid: WeatherBench2's ``240x121_equiangular_with_poles`` 1.5 degree grid, stored here north to south.
+- Grid: WeatherBench2's ``240x121_equiangular_with_poles`` 1.5 degree grid, stored north to south.
 - Splits: the DAMBench issue tracker (train 2000-2022, validation 2023, test 2024), daily 00 UTC.
-- Observation error standard deviations: typical prescribed errors of operational assimilation systems
+- Observation error standard deviations: typical prescribed errors of operational assimilation
+  systems
   for SYNOP/radiosonde observations (order of magnitude of the ECMWF/NCEP observation-error tables);
   see ``OBSERVATION_ERROR_STD``.
 """

@@ -10,7 +10,8 @@ For each field (one sample, one channel) over ``(latitude, longitude)``:
    coefficient is excluded, the last bin is closed);
 4. the high-frequency tail: bins ``b >= int(nbins * q)``, normalised to sum 1 (``S'`` for the
    truth, ``P'`` for the prediction);
-5. ``SpecDiv = sum_b S'(b) ln(max(S'(b) / P'(b), 1e-9))`` (forward KL divergence, truth || prediction),
+5. ``SpecDiv = sum_b S'(b) ln(max(S'(b) / P'(b), 1e-9))`` (forward KL divergence, truth ||
+   prediction),
    ``SpecRes = sqrt(mean_b (P'(b) - S'(b))^2)``.
 
 On the 121 x 240 grid, kmax = 60 sqrt(5) = 134.16, nbins = 134, the tail is bins 120..133 (14 bins,
@@ -205,7 +206,12 @@ def spec_div(
     DataArray without the spatial dims (and without ``sample_dim``).
     """
     return _spectral_metric(
-        _divergence_kernel, prediction, truth, q=q, sample_dim=sample_dim, reduce=reduce,
+        _divergence_kernel,
+        prediction,
+        truth,
+        q=q,
+        sample_dim=sample_dim,
+        reduce=reduce,
         name="spec_div",
     )
 
@@ -223,6 +229,11 @@ def spec_res(
     Same parameters and result layout as :func:`spec_div`.
     """
     return _spectral_metric(
-        _residual_kernel, prediction, truth, q=q, sample_dim=sample_dim, reduce=reduce,
+        _residual_kernel,
+        prediction,
+        truth,
+        q=q,
+        sample_dim=sample_dim,
+        reduce=reduce,
         name="spec_res",
     )

@@ -14,8 +14,15 @@ from dambench.grid import CANONICAL_GRID, Grid
 
 # Typical magnitudes (mean, spread) per variable so synthetic fields look physical.
 _SCALE = {
-    "u10": (0.0, 5.0), "v10": (0.0, 4.0), "t2m": (280.0, 15.0), "msl": (101000.0, 1000.0),
-    "z": (50000.0, 2000.0), "q": (3e-3, 2e-3), "u": (5.0, 10.0), "v": (0.0, 6.0), "t": (250.0, 15.0),
+    "u10": (0.0, 5.0),
+    "v10": (0.0, 4.0),
+    "t2m": (280.0, 15.0),
+    "msl": (101000.0, 1000.0),
+    "z": (50000.0, 2000.0),
+    "q": (3e-3, 2e-3),
+    "u": (5.0, 10.0),
+    "v": (0.0, 6.0),
+    "t": (250.0, 15.0),
 }
 
 
@@ -63,8 +70,9 @@ def mock_triplet(
     scale = xr.DataArray(
         [_SCALE[schema.CHANNEL_VARIABLE[c]][1] * 0.1 for c in channels], dims=schema.CHANNEL
     )
-    background = (target + scale * (error - error.mean(schema.SPATIAL_DIMS)) / error.std(
-        schema.SPATIAL_DIMS)).astype(target.dtype)
+    background = (
+        target + scale * (error - error.mean(schema.SPATIAL_DIMS)) / error.std(schema.SPATIAL_DIMS)
+    ).astype(target.dtype)
     return xr.Dataset(
         {"target": target, "background": background, "observation": observe(target, seed=seed)}
     )

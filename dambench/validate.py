@@ -15,6 +15,7 @@ from dambench.exceptions import DambenchSchemaError
 from dambench.grid import CANONICAL_GRID, Grid
 from dambench.units import NORMALIZED_UNITS, canonical_units
 
+
 def validate(
     obj: XrObject,
     *,
@@ -106,9 +107,7 @@ def _check_dims(da: xr.DataArray, name: str) -> None:
             alias = next((a for a in aliases if a in dims), None)
             hint = f" (found {alias!r}: call .dambench.to_canonical())" if alias else ""
             raise DambenchSchemaError(f"{name}: missing dim {dim!r} in dims {dims}{hint}.")
-    expected_tail = (
-        (schema.CHANNEL,) if schema.CHANNEL in dims else ()
-    ) + schema.SPATIAL_DIMS
+    expected_tail = ((schema.CHANNEL,) if schema.CHANNEL in dims else ()) + schema.SPATIAL_DIMS
     if schema.LEVEL in dims and schema.CHANNEL not in dims:
         expected_tail = (schema.LEVEL,) + schema.SPATIAL_DIMS
     ok_tail = dims[-len(expected_tail) :] == expected_tail

@@ -17,8 +17,12 @@ def triplet():
 
 
 METRIC_FUNCTIONS = {
-    "mse": metrics.mse, "mae": metrics.mae, "rmse": metrics.rmse, "bias": metrics.bias,
-    "spec_div": spectral.spec_div, "spec_res": spectral.spec_res,
+    "mse": metrics.mse,
+    "mae": metrics.mae,
+    "rmse": metrics.rmse,
+    "bias": metrics.bias,
+    "spec_div": spectral.spec_div,
+    "spec_res": spectral.spec_res,
 }
 
 
@@ -29,60 +33,72 @@ def test_metric_methods_equal_functions(triplet, name):
     xr.testing.assert_identical(getattr(triplet.dambench, name)("background"), expected)
     xr.testing.assert_identical(getattr(triplet.dambench, name)(triplet["background"]), expected)
     xr.testing.assert_identical(
-        getattr(triplet["target"].dambench, name)(triplet["background"]), expected)
+        getattr(triplet["target"].dambench, name)(triplet["background"]), expected
+    )
     kwargs = {"sample_dim": None}
     xr.testing.assert_identical(
         getattr(triplet.dambench, name)("background", **kwargs),
-        func(triplet["background"], triplet["target"], **kwargs))
+        func(triplet["background"], triplet["target"], **kwargs),
+    )
 
 
 def test_evaluate_acc_crps_methods(triplet):
     stats = channel_stats(triplet["target"])
     xr.testing.assert_identical(
         triplet.dambench.evaluate("background", stats=stats),
-        metrics.evaluate(triplet["background"], triplet["target"], stats=stats))
+        metrics.evaluate(triplet["background"], triplet["target"], stats=stats),
+    )
     clim = triplet["target"].mean("time")
-    xr.testing.assert_identical(triplet.dambench.acc("background", clim),
-                                metrics.acc(triplet["background"], triplet["target"], clim))
+    xr.testing.assert_identical(
+        triplet.dambench.acc("background", clim),
+        metrics.acc(triplet["background"], triplet["target"], clim),
+    )
     ens = xr.concat([triplet["background"], triplet["target"]], dim="member")
-    xr.testing.assert_identical(triplet["target"].dambench.crps(ens),
-                                metrics.crps(ens, triplet["target"]))
+    xr.testing.assert_identical(
+        triplet["target"].dambench.crps(ens), metrics.crps(ens, triplet["target"])
+    )
 
 
 def test_per_variable_dataset_truth_is_its_channels(triplet):
     per_variable = triplet["target"].dambench.from_channels()
     prediction = triplet["background"].dambench.from_channels()
-    xr.testing.assert_allclose(per_variable.dambench.rmse(prediction),
-                               metrics.rmse(triplet["background"], triplet["target"]))
+    xr.testing.assert_allclose(
+        per_variable.dambench.rmse(prediction),
+        metrics.rmse(triplet["background"], triplet["target"]),
+    )
 
 
 def test_structure_methods_equal_functions(triplet):
     target = triplet["target"]
     xr.testing.assert_identical(target.dambench.from_channels(), dambench.from_channels(target))
     per_variable = target.dambench.from_channels()
-    xr.testing.assert_identical(per_variable.dambench.to_channels(),
-                                dambench.to_channels(per_variable))
+    xr.testing.assert_identical(
+        per_variable.dambench.to_channels(), dambench.to_channels(per_variable)
+    )
     flipped = target.isel(latitude=slice(None, None, -1))
     xr.testing.assert_identical(flipped.dambench.to_canonical(), dambench.to_canonical(flipped))
     assert triplet.dambench.validate() is triplet
-    xr.testing.assert_identical(target.dambench.lat_weights("area"),
-                                dambench.lat_weights(target.latitude, "area"))
+    xr.testing.assert_identical(
+        target.dambench.lat_weights("area"), dambench.lat_weights(target.latitude, "area")
+    )
 
 
 def test_observe_methods(triplet):
     target = triplet["target"]
     xr.testing.assert_identical(target.dambench.observe(seed=3), dambench.observe(target, seed=3))
     redrawn = triplet.dambench.observe(seed=3, pattern="columns")
-    xr.testing.assert_identical(redrawn["observation"],
-                                dambench.observe(target, seed=3, pattern="columns"))
+    xr.testing.assert_identical(
+        redrawn["observation"], dambench.observe(target, seed=3, pattern="columns")
+    )
     xr.testing.assert_identical(redrawn["target"], target)
 
 
 def test_normalize_round_trip_and_methods(triplet):
     stats = channel_stats(triplet["target"])
     normed = triplet.dambench.normalize(stats)
-    xr.testing.assert_identical(normed["background"],
-                                dambench.normalize(triplet["background"], stats))
+    xr.testing.assert_identical(
+        normed["background"], dambench.normalize(triplet["background"], stats)
+    )
     assert abs(float(normed["target"].mean(["time", "latitude", "longitude"]).max())) < 1e-4
     assert np.allclose(normed["target"].std(["time", "latitude", "longitude"]), 1, atol=1e-4)
     assert set(normed["target"]["units"].values.tolist()) == {"1"}

@@ -7,8 +7,9 @@ from dambench.cli import main
 
 
 def test_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "dambench.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dambench.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "quickstart" in out and "info" in out
 
 

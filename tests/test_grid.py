@@ -42,7 +42,9 @@ def test_area_weights_band_integrals_wb2_case():
     # six latitudes +-15, +-45, +-75: cells are the 30-degree bands, weight = 3 x band area
     lat = np.array([-75.0, -45.0, -15.0, 15.0, 45.0, 75.0])
     w = lat_weights(lat, "area").values
-    bands = np.sin(np.deg2rad([-60, -30, 0, 30, 60, 90])) - np.sin(np.deg2rad([-90, -60, -30, 0, 30, 60]))
+    bands = np.sin(np.deg2rad([-60, -30, 0, 30, 60, 90])) - np.sin(
+        np.deg2rad([-90, -60, -30, 0, 30, 60])
+    )
     assert np.allclose(w, 3 * bands, rtol=1e-12)
 
 
@@ -55,8 +57,9 @@ def test_weights_follow_coordinates_not_positions(method):
 
 
 def test_bad_weights_raise():
-    template = xr.DataArray(np.zeros((3, 4)), dims=("latitude", "longitude"),
-                            coords={"latitude": [10.0, 0.0, -10.0]})
+    template = xr.DataArray(
+        np.zeros((3, 4)), dims=("latitude", "longitude"), coords={"latitude": [10.0, 0.0, -10.0]}
+    )
     with pytest.raises(DambenchInputError, match="non-negative"):
         resolve_weights(xr.DataArray([1.0, -0.1, 1.0], dims="latitude"), template)
     with pytest.raises(DambenchInputError, match="NaN"):
@@ -70,7 +73,7 @@ def test_bad_weights_raise():
 
 
 def _wb2_style(values):
-    """A field in WeatherBench2's regridded layout: (time, longitude, latitude), latitude ascending."""
+    """A field in WeatherBench2's regridded layout: (time, longitude, latitude), lat ascending."""
     lat = CANONICAL_GRID.latitude[::-1]
     lon = CANONICAL_GRID.longitude
     return xr.DataArray(values, dims=("time", "lon", "lat"), coords={"lat": lat, "lon": lon})
@@ -90,12 +93,17 @@ def test_to_canonical_from_wb2_layout():
 
 def test_to_canonical_rolls_longitude_from_minus_180():
     lon = np.arange(-180, 180, 1.5)
-    da = xr.DataArray(lon[None, :] * np.ones((121, 1)), dims=("latitude", "longitude"),
-                      coords={"latitude": CANONICAL_GRID.latitude, "longitude": lon})
+    da = xr.DataArray(
+        lon[None, :] * np.ones((121, 1)),
+        dims=("latitude", "longitude"),
+        coords={"latitude": CANONICAL_GRID.latitude, "longitude": lon},
+    )
     out = to_canonical(da)
     assert np.allclose(out.longitude.values, CANONICAL_GRID.longitude)
     # the field equals its original longitude label, so after rolling it equals lon wrapped back
-    expected = np.where(out.longitude.values >= 180, out.longitude.values - 360, out.longitude.values)
+    expected = np.where(
+        out.longitude.values >= 180, out.longitude.values - 360, out.longitude.values
+    )
     assert np.allclose(out.isel(latitude=0).values, expected)
 
 

@@ -33,8 +33,9 @@ def cos_weights():
 @pytest.fixture(scope="module")
 def pair():
     truth = smooth_field(4, ["u10", "t2m", "z500", "q700"], seed=10)
-    pred = truth + 0.1 * smooth_field(4, ["u10", "t2m", "z500", "q700"], seed=11).std() * xr.DataArray(
-        np.random.default_rng(0).standard_normal(truth.shape), dims=truth.dims)
+    pred = truth + 0.1 * smooth_field(
+        4, ["u10", "t2m", "z500", "q700"], seed=11
+    ).std() * xr.DataArray(np.random.default_rng(0).standard_normal(truth.shape), dims=truth.dims)
     return pred.astype("float32"), truth
 
 
@@ -66,11 +67,13 @@ def test_rmse_constant_error_and_sample_aggregation():
 def test_mse_mae_bias_are_plain_grid_means(pair):
     pred, truth = pair
     err = pred.values.astype(np.float64) - truth.values
-    np.testing.assert_allclose(mse(pred, truth, sample_dim=None).values, (err**2).mean(axis=(2, 3)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        mse(pred, truth, sample_dim=None).values, (err**2).mean(axis=(2, 3)), rtol=1e-5
+    )
     np.testing.assert_allclose(mae(pred, truth).values, np.abs(err).mean(axis=(0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(bias(pred, truth).values, err.mean(axis=(0, 2, 3)), rtol=1e-4,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        bias(pred, truth).values, err.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-9
+    )
     all_channels = mse(pred, truth, dims=("channel", "latitude", "longitude"))
     assert float(all_channels) == pytest.approx((err**2).mean(), rel=1e-5)
 
@@ -88,10 +91,12 @@ def test_metrics_invariant_to_flip_and_roll(pair):
     flip = {"latitude": slice(None, None, -1)}
     for metric in (mse, mae, rmse):
         base = metric(pred, truth)
-        np.testing.assert_allclose(metric(pred.isel(flip), truth.isel(flip)).values, base.values,
-                                   rtol=1e-5)
-        rolled = metric(pred.roll(longitude=17, roll_coords=True),
-                        truth.roll(longitude=17, roll_coords=True))
+        np.testing.assert_allclose(
+            metric(pred.isel(flip), truth.isel(flip)).values, base.values, rtol=1e-5
+        )
+        rolled = metric(
+            pred.roll(longitude=17, roll_coords=True), truth.roll(longitude=17, roll_coords=True)
+        )
         np.testing.assert_allclose(rolled.values, base.values, rtol=1e-5)
 
 
@@ -101,7 +106,9 @@ def test_rmse_scales_linearly(scale):
     truth = smooth_field(1, ["t2m"]).astype("float64")
     noise = smooth_field(1, ["t2m"], seed=5).astype("float64") - 280
     base = float(rmse(truth + noise, truth).squeeze())
-    assert float(rmse(truth + scale * noise, truth).squeeze()) == pytest.approx(scale * base, rel=1e-9)
+    assert float(rmse(truth + scale * noise, truth).squeeze()) == pytest.approx(
+        scale * base, rel=1e-9
+    )
 
 
 def test_nan_propagates_unless_skipna(pair):
@@ -135,9 +142,15 @@ def test_acc_golden_values():
 
 
 def test_crps_golden_values():
-    truth = xr.DataArray(np.zeros((1, 1, 121, 240)), dims=schema.CANONICAL_DIMS,
-                         coords={"time": [np.datetime64("2024-01-01")], "channel": ["t2m"],
-                                 **CANONICAL_GRID.coords()})
+    truth = xr.DataArray(
+        np.zeros((1, 1, 121, 240)),
+        dims=schema.CANONICAL_DIMS,
+        coords={
+            "time": [np.datetime64("2024-01-01")],
+            "channel": ["t2m"],
+            **CANONICAL_GRID.coords(),
+        },
+    )
     # ensemble {-1, 1} around an observation of 0: E|X-y| = 1, E|X-X'| = 1 -> CRPS = 1 - 0.5
     ensemble = xr.concat([truth - 1, truth + 1], dim="member")
     assert float(crps(ensemble, truth).squeeze()) == pytest.approx(0.5)
@@ -156,16 +169,32 @@ def test_evaluate_layout_and_table3(pair):
     result = evaluate(pred, truth, stats=stats)
     assert list(result.data_vars) == ["u10", "t2m", "z500", "q700"]
     assert result["metric"].values.tolist() == [
-        "spec_div", "spec_res", "mse", "mae", "rmse", "bias", "mse_norm", "mae_norm"]
+        "spec_div",
+        "spec_res",
+        "mse",
+        "mae",
+        "rmse",
+        "bias",
+        "mse_norm",
+        "mae_norm",
+    ]
     assert result["z500"].attrs["units"] == "m2 s-2"
     assert float(result["t2m"].sel(metric="rmse")) == pytest.approx(
-        float(rmse(pred, truth).sel(channel="t2m")))
+        float(rmse(pred, truth).sel(channel="t2m"))
+    )
     norm = (pred - stats["mean"]) / stats["std"] - (truth - stats["mean"]) / stats["std"]
     row = table3_row(result)
     assert row["MSE(1e-2)"] == pytest.approx(100 * float((norm**2).mean()), rel=1e-4)
     assert row["MAE(1e-2)"] == pytest.approx(100 * float(abs(norm).mean()), rel=1e-4)
-    assert set(row) == {"SpecDiv", "MSE(1e-2)", "MAE(1e-2)", "RMSE t2m", "RMSE u10", "RMSE q700",
-                        "RMSE z500"}
+    assert set(row) == {
+        "SpecDiv",
+        "MSE(1e-2)",
+        "MAE(1e-2)",
+        "RMSE t2m",
+        "RMSE u10",
+        "RMSE q700",
+        "RMSE z500",
+    }
     text = format_table3({"model": result})
     assert "RMSE z500" in text and "RMSE v10" not in text  # absent channels are skipped
     assert format_table3({"model": result}, fmt="markdown").startswith("| Method | SpecDiv")
@@ -187,8 +216,9 @@ def test_metrics_on_real_era5_sample(era5_sample_target):
     w = cos_weights()[None, None, :, None]
     expected_rmse = np.sqrt((w * err**2).mean(axis=(2, 3))).mean(axis=0)
     np.testing.assert_allclose(rmse(background, truth).values, expected_rmse, rtol=1e-5)
-    np.testing.assert_allclose(mse(background, truth).values, (err**2).mean(axis=(0, 2, 3)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        mse(background, truth).values, (err**2).mean(axis=(0, 2, 3)), rtol=1e-5
+    )
     t2m = float(rmse(background, truth).sel(channel="t2m"))
     assert 0.5 < t2m < 10  # a day-old surface temperature is off by a few kelvin
     result = evaluate(background, truth, stats=channel_stats(target))

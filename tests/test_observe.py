@@ -54,14 +54,17 @@ def test_stations_pattern_snaps_to_grid(field):
     lons = np.array([-0.01, 359.5, 151.2, 10.0, 180.7])
     mask = observation_mask(field, pattern="stations", stations=(lats, lons))
     observed = mask.isel(time=0, channel=0)
-    points = {(float(observed.latitude[i]), float(observed.longitude[j]))
-              for i, j in zip(*np.nonzero(observed.values), strict=True)}
+    points = {
+        (float(observed.latitude[i]), float(observed.longitude[j]))
+        for i, j in zip(*np.nonzero(observed.values), strict=True)
+    }
     # Greenwich and the point 0.5 deg west of it share the 51N/0E cell; Sydney; near-pole; equator
     assert points == {(51.0, 0.0), (-34.5, 151.5), (90.0, 10.5), (0.0, 180.0)}
     assert (mask == mask.isel(time=0, channel=0)).all()
     assert mask.attrs["n_stations"] == 4
-    rows, cols = station_indices(observed.latitude.values, observed.longitude.values,
-                                 np.array([0.0]), np.array([359.4]))
+    rows, cols = station_indices(
+        observed.latitude.values, observed.longitude.values, np.array([0.0]), np.array([359.4])
+    )
     assert observed.longitude.values[cols[0]] == 0.0  # wraps across the date line of longitude
 
 
@@ -82,7 +85,7 @@ def test_observe_custom_noise_table(field):
     table = {c: 0.0 for c in field.channel.values.tolist()}
     table["t2m"] = 2.0
     obs = observe(field.astype("float64"), noise=table, ratio=0.5)
-    err = (obs - field)
+    err = obs - field
     assert float(abs(err.sel(channel="u10")).max()) == 0.0
     assert float(err.sel(channel="t2m").std()) == pytest.approx(2.0, rel=0.05)
 

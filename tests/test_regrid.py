@@ -13,8 +13,9 @@ def area_mean(field: xr.DataArray) -> float:
 def quarter_degree(values):
     lat = np.linspace(90, -90, 721)
     lon = np.arange(1440) * 0.25
-    return xr.DataArray(values, dims=("latitude", "longitude"),
-                        coords={"latitude": lat, "longitude": lon})
+    return xr.DataArray(
+        values, dims=("latitude", "longitude"), coords={"latitude": lat, "longitude": lon}
+    )
 
 
 def test_constant_stays_constant_and_mean_is_preserved():
@@ -46,8 +47,9 @@ def test_orientation_and_longitude_convention_do_not_matter():
 def test_partial_coverage_is_nan_outside():
     lat = np.arange(-15, 15.1, 2.5)
     lon = np.arange(0, 360, 2.5)
-    band = xr.DataArray(np.full((lat.size, lon.size), 200.0), dims=("lat", "lon"),
-                        coords={"lat": lat, "lon": lon})
+    band = xr.DataArray(
+        np.full((lat.size, lon.size), 200.0), dims=("lat", "lon"), coords={"lat": lat, "lon": lon}
+    )
     out = regrid(band)
     inside = out.sel(latitude=slice(15, -15))
     assert np.allclose(inside.values, 200.0)
@@ -83,11 +85,16 @@ def test_real_era5_tcwv_quarter_degree(realdata):
 def test_bilinear_reproduces_a_smooth_field():
     lat = np.arange(-89.75, 90, 0.5)
     lon = np.arange(0.25, 360, 0.5)
-    field = xr.DataArray(np.cos(np.deg2rad(lat))[:, None] * np.sin(np.deg2rad(lon))[None, :],
-                         dims=("lat", "lon"), coords={"lat": lat, "lon": lon})
+    field = xr.DataArray(
+        np.cos(np.deg2rad(lat))[:, None] * np.sin(np.deg2rad(lon))[None, :],
+        dims=("lat", "lon"),
+        coords={"lat": lat, "lon": lon},
+    )
     out = regrid(field, method="bilinear")
-    exact = (np.cos(np.deg2rad(CANONICAL_GRID.latitude))[:, None]
-             * np.sin(np.deg2rad(CANONICAL_GRID.longitude))[None, :])
+    exact = (
+        np.cos(np.deg2rad(CANONICAL_GRID.latitude))[:, None]
+        * np.sin(np.deg2rad(CANONICAL_GRID.longitude))[None, :]
+    )
     interior = slice(1, -1)  # the pole rows take the nearest source row (89.75 deg)
     # linear interpolation error of a sine over 0.5 deg: at most (0.5 deg)^2 / 8 ~ 1e-5
     assert np.abs(out.values[interior] - exact[interior]).max() < 2e-5
@@ -107,8 +114,9 @@ def test_regional_grid_crossing_greenwich(method):
     """-70..40 E wraps to 0..40 and 290..358: the gap between them stays empty."""
     lat = np.arange(70, 19, -1.0)
     lon = np.arange(-70, 40.1, 1.0)
-    field = xr.DataArray(np.full((lat.size, lon.size), 3.0), dims=("lat", "lon"),
-                         coords={"lat": lat, "lon": lon})
+    field = xr.DataArray(
+        np.full((lat.size, lon.size), 3.0), dims=("lat", "lon"), coords={"lat": lat, "lon": lon}
+    )
     out = regrid(field, method=method)
     assert out.sel(latitude=45.0, longitude=180.0).isnull()
     assert out.sel(latitude=45.0, longitude=100.5).isnull()
@@ -126,7 +134,8 @@ def test_integer_input_gives_fractional_float_means():
 
 def test_irregular_longitude_raises():
     lon = np.array([0.0, 1.0, 2.5, 4.0])
-    field = xr.DataArray(np.ones((3, 4)), dims=("lat", "lon"),
-                         coords={"lat": [10.0, 0.0, -10.0], "lon": lon})
+    field = xr.DataArray(
+        np.ones((3, 4)), dims=("lat", "lon"), coords={"lat": [10.0, 0.0, -10.0], "lon": lon}
+    )
     with pytest.raises(DambenchInputError, match="not regularly spaced"):
         regrid(field)

@@ -22,8 +22,8 @@ def reference_tail(field, q=0.9):
     sums, edges = np.histogram(k, bins=n_bins, range=(0.5, k.max()), weights=power.ravel())
     counts, _ = np.histogram(k, bins=n_bins, range=(0.5, k.max()))
     mean_power = sums / counts
-    tail = mean_power[int(n_bins * q):]
-    return tail / tail.sum(), counts[int(n_bins * q):]
+    tail = mean_power[int(n_bins * q) :]
+    return tail / tail.sum(), counts[int(n_bins * q) :]
 
 
 def reference_scores(pred, truth):
@@ -65,8 +65,9 @@ def test_scores_match_reference_per_field(pair):
     res = spec_res(pred, truth, sample_dim=None)
     for t in range(3):
         for c in ("t2m", "z500"):
-            ref_div, ref_res = reference_scores(pred.isel(time=t).sel(channel=c).values,
-                                                truth.isel(time=t).sel(channel=c).values)
+            ref_div, ref_res = reference_scores(
+                pred.isel(time=t).sel(channel=c).values, truth.isel(time=t).sel(channel=c).values
+            )
             assert float(div.isel(time=t).sel(channel=c)) == pytest.approx(ref_div, rel=1e-9)
             assert float(res.isel(time=t).sel(channel=c)) == pytest.approx(ref_res, rel=1e-9)
 
@@ -82,7 +83,9 @@ def test_identical_and_rescaled_fields_score_zero(pair):
 
 def test_smoothed_field_has_positive_divergence(pair):
     _, truth = pair
-    noisy = truth + 0.02 * float(truth.std()) * np.random.default_rng(0).standard_normal(truth.shape)
+    noisy = truth + 0.02 * float(truth.std()) * np.random.default_rng(0).standard_normal(
+        truth.shape
+    )
     smoothed = noisy.rolling(longitude=5, center=True, min_periods=1).mean()
     smoothed = smoothed.rolling(latitude=5, center=True, min_periods=1).mean()
     assert (spec_div(smoothed, noisy) > 0.02).all()  # identical fields give 0
@@ -97,10 +100,16 @@ def test_invariant_to_longitude_roll_and_latitude_flip(shift):
     pred = truth + 2 * xr.ones_like(truth) * rng.standard_normal(truth.shape)
     base = float(spec_div(pred, truth))
     roll = {"longitude": shift}
-    rolled = float(spec_div(pred.roll(roll, roll_coords=False), truth.roll(roll, roll_coords=False)))
+    rolled = float(
+        spec_div(pred.roll(roll, roll_coords=False), truth.roll(roll, roll_coords=False))
+    )
     flip = {"latitude": slice(None, None, -1)}
-    flipped = float(spec_div(pred.isel(flip).assign_coords(latitude=pred.latitude),
-                             truth.isel(flip).assign_coords(latitude=truth.latitude)))
+    flipped = float(
+        spec_div(
+            pred.isel(flip).assign_coords(latitude=pred.latitude),
+            truth.isel(flip).assign_coords(latitude=truth.latitude),
+        )
+    )
     assert rolled == pytest.approx(base, rel=1e-9)
     assert flipped == pytest.approx(base, rel=1e-9)
 

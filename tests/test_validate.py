@@ -104,8 +104,16 @@ def test_dataset_without_spatial_fields():
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [("m s**-1", "m s-1"), ("m/s", "m s-1"), ("m**2 s**-2", "m2 s-2"), ("kg/kg", "kg kg-1"),
-     ("kg kg**-1", "kg kg-1"), ("kelvin", "K"), ("K", "K"), ("Pa", "Pa")],
+    [
+        ("m s**-1", "m s-1"),
+        ("m/s", "m s-1"),
+        ("m**2 s**-2", "m2 s-2"),
+        ("kg/kg", "kg kg-1"),
+        ("kg kg**-1", "kg kg-1"),
+        ("kelvin", "K"),
+        ("K", "K"),
+        ("Pa", "Pa"),
+    ],
 )
 def test_units_spellings(given, expected):
     assert canonical_units(given) == expected

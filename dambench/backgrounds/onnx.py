@@ -63,8 +63,9 @@ class InferenceSessionLike(Protocol):
 
     def get_inputs(self) -> list[Any]: ...
 
-    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[Any]:
-        ...
+    def run(
+        self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]
+    ) -> list[Any]: ...
 
 
 def _import_onnxruntime():
@@ -262,8 +263,11 @@ class OnnxForecaster(BackgroundBase):
                 f"Analysis fields are {da.shape[2:]} (latitude, longitude) but the model takes "
                 f"{self.spatial_shape}; pass model_grid= to regrid them."
             )
-        bad = [c for c, ok in zip(self.channels, np.isfinite(da.values).all(axis=(0, 2, 3)),
-                                  strict=True) if not ok]
+        bad = [
+            c
+            for c, ok in zip(self.channels, np.isfinite(da.values).all(axis=(0, 2, 3)), strict=True)
+            if not ok
+        ]
         if bad:
             raise DambenchInputError(f"Analysis at {format_times(times)} has NaN/inf in {bad}.")
         return da
@@ -323,9 +327,7 @@ def _session(
     ort = _import_onnxruntime()
     if providers is None:
         available = ort.get_available_providers()
-        providers = [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-        ]
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(str(path), providers=list(providers))
 
 

@@ -128,9 +128,7 @@ class Persistence(BackgroundBase):
             self.tolerance = None if tolerance is None else as_timedelta(tolerance, "tolerance")
             if self.lag <= pd.Timedelta(0):
                 raise DambenchInputError(f"Persistence lag={self.lag} must be positive.")
-            if self.tolerance is not None and not (
-                pd.Timedelta(0) <= self.tolerance < self.lag
-            ):
+            if self.tolerance is not None and not (pd.Timedelta(0) <= self.tolerance < self.lag):
                 raise DambenchInputError(
                     f"tolerance={self.tolerance} must be >= 0 and smaller than lag={self.lag}, "
                     "so the source time stays before the valid time."
@@ -221,9 +219,7 @@ def day_slot(times) -> np.ndarray:
     slot 60, filled only by leap years. The time of day is ignored.
     """
     index = as_times(times)
-    leap_doy = pd.to_datetime(
-        {"year": 2000, "month": index.month, "day": index.day}
-    ).dt.day_of_year
+    leap_doy = pd.to_datetime({"year": 2000, "month": index.month, "day": index.day}).dt.day_of_year
     return leap_doy.to_numpy(dtype=np.int64)
 
 

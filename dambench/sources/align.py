@@ -5,7 +5,8 @@ Rules (one per kind of source):
 ``instant``
     the value at the cycle time exactly (ERA5 analyses, a background's valid time).
 ``daily``
-    a product labelled by calendar day (CPC daily gauge accumulation, NOAA daily mean OLR): the cycle
+    a product labelled by calendar day (CPC daily gauge accumulation, NOAA daily mean OLR): the
+    cycle
     at day D 00 UTC takes the day labelled ``D - lag_days`` (default 1: the last complete day before
     the cycle, so no observation from after the analysis time is used).
 """
@@ -16,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -26,8 +26,9 @@ from dambench.exceptions import DambenchInputError
 Kind = Literal["instant", "daily"]
 
 
-def daily_cycles(start: str, end: str, hours: tuple[int, ...] = schema.CYCLE_HOURS_UTC
-                 ) -> pd.DatetimeIndex:
+def daily_cycles(
+    start: str, end: str, hours: tuple[int, ...] = schema.CYCLE_HOURS_UTC
+) -> pd.DatetimeIndex:
     """Cycle times from ``start`` to ``end`` (inclusive days) at ``hours`` UTC."""
     days = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
     return pd.DatetimeIndex(sorted(d + pd.Timedelta(hours=h) for d in days for h in hours))
@@ -107,8 +108,10 @@ def align(
         report.missing[name] = [c for c, ok in zip(cycles, present, strict=True) if not ok]
         picked = obj.reindex({schema.TIME: needed.values})
         picked = picked.assign_coords({schema.TIME: cycles.values})
-        picked.attrs = {**obj.attrs, "alignment": kind,
-                        **({"lag_days": lag_days} if kind == "daily" else {})}
+        picked.attrs = {
+            **obj.attrs,
+            "alignment": kind,
+            **({"lag_days": lag_days} if kind == "daily" else {}),
+        }
         aligned[name] = picked
     return aligned, report
-

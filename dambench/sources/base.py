@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from dambench import schema
 from dambench.exceptions import DambenchError, DambenchInputError
 
 PathLike = str | os.PathLike
@@ -38,7 +39,9 @@ class Source(Protocol):
     """
 
     def __call__(
-        self, times: Sequence[np.datetime64] | pd.DatetimeIndex, channels: Sequence[str] | None = None
+        self,
+        times: Sequence[np.datetime64] | pd.DatetimeIndex,
+        channels: Sequence[str] | None = None,
     ) -> xr.DataArray: ...
 
 
@@ -102,16 +105,23 @@ def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> 
                 return xr.open_zarr(text, **kwargs)
         if engine == "cfgrib":
             backend = {"indexpath": "", **kwargs.pop("backend_kwargs", {})}
-            return xr.open_dataset(local_copy(text), engine="cfgrib", backend_kwargs=backend,
-                                   **kwargs)
+            return xr.open_dataset(
+                local_copy(text), engine="cfgrib", backend_kwargs=backend, **kwargs
+            )
         if is_remote(text):
             return xr.open_dataset(fsspec.open(text, mode="rb").open(), engine=engine, **kwargs)
         local = local_copy(text)
         if engine is None:
             engine = "h5netcdf" if _is_hdf5(local) else "scipy"
         return xr.open_dataset(local, engine=engine, **kwargs)
-    except (DambenchError, ValueError, KeyError):
+    except (DambenchError, KeyError):
         raise
+    except (TypeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DambenchInputError(
+            f"{text}: cannot open as a {_KIND.get(engine, 'netCDF')} file ({type(err).__name__}: "
+            f"{first_line})."
+        ) from err
     except (OSError, ImportError) as err:
         if isinstance(err, ImportError):
             raise DambenchSourceError(
@@ -119,6 +129,9 @@ def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> 
                 "'dambench[grib]'."
             ) from err
         raise _unreachable(text, err) from err
+
+
+_KIND = {"zarr": "Zarr", "cfgrib": "GRIB"}
 
 
 def _guess_engine(path: str) -> str | None:
@@ -140,3 +153,53 @@ def check_monotonic(coord: xr.DataArray, name: str, source: str) -> None:
     diffs = np.diff(np.asarray(coord.values, dtype=np.float64))
     if not (np.all(diffs > 0) or np.all(diffs < 0)):
         raise DambenchInputError(f"{source}: {name} coordinate is not strictly monotonic.")
+
+
+def time_lat_lon(da: xr.DataArray, source: str) -> xr.DataArray:
+    """``da`` as ``(time, latitude, longitude)``: aliases renamed; latitude and longitude strictly
+    monotonic; time decoded to datetime64 and strictly increasing. Orientation is kept."""
+    renames = {}
+    for canonical, aliases in (
+        (schema.TIME, schema.TIME_ALIASES),
+        (schema.LATITUDE, schema.LATITUDE_ALIASES),
+        (schema.LONGITUDE, schema.LONGITUDE_ALIASES),
+    ):
+        found = next((name for name in aliases if name in da.dims), None)
+        if found is None:
+            raise DambenchInputError(
+                f"{source}: expected a {canonical} dimension (one of {aliases}) on "
+                f"{da.name!r}, found dims {tuple(map(str, da.dims))}."
+            )
+        if found != canonical:
+            renames[found] = canonical
+    da = da.rename(renames) if renames else da
+    if da.ndim != 3:
+        raise DambenchInputError(
+            f"{source}: expected {da.name!r} dims (time, lat, lon), found "
+            f"{tuple(map(str, da.dims))}."
+        )
+    for dim in (schema.LATITUDE, schema.LONGITUDE):
+        check_monotonic(da[dim], dim, source)
+    time = da[schema.TIME]
+    if not np.issubdtype(time.dtype, np.datetime64):
+        raise DambenchInputError(
+            f"{source}: time could not be decoded to datetime64 (found {time.dtype}); check its "
+            "units attribute, e.g. 'hours since 1800-01-01'."
+        )
+    if time.size > 1 and not np.all(np.diff(time.values) > np.timedelta64(0, "ns")):
+        raise DambenchInputError(f"{source}: time coordinate is not strictly increasing.")
+    return da.transpose(schema.TIME, schema.LATITUDE, schema.LONGITUDE)
+
+
+def select_times(obj: xr.DataArray | xr.Dataset, times, source: str):
+    """``obj`` at exactly ``times``; raises naming the missing ones and the range covered."""
+    wanted = pd.DatetimeIndex(times if isinstance(times, pd.Index) else pd.to_datetime(list(times)))
+    available = pd.DatetimeIndex(obj[schema.TIME].values)
+    missing = wanted.difference(available)
+    if len(missing):
+        raise DambenchInputError(
+            f"{source}: {len(missing)} requested times are missing, e.g. "
+            f"{[t.isoformat() for t in missing[:5]]}; the source covers "
+            f"{available.min().isoformat()} to {available.max().isoformat()}."
+        )
+    return obj.sel({schema.TIME: wanted.values})

@@ -41,16 +41,17 @@ import pandas as pd
 import xarray as xr
 
 from dambench import schema
-from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID, Grid, to_canonical
 from dambench.regrid import regrid
 from dambench.sources.base import (
     DambenchSourceError,
     PathLike,
-    check_monotonic,
     is_remote,
     local_copy,
     open_dataset_any,
+    select_times,
+    time_lat_lon,
 )
 
 PRECIP_UNITS = "mm/day"
@@ -86,19 +87,6 @@ DATASET_ATTRS = {
 _MM_PER_DAY_SPELLINGS = frozenset(
     {"mm/day", "mm/d", "mm day-1", "mm d-1", "mm day**-1", "mm day^-1", "mm.day-1", "mm/24h"}
 )
-
-
-def _open_netcdf(path: PathLike, source: str) -> xr.Dataset:
-    """``open_dataset_any`` with unreadable content reported as :class:`DambenchInputError`."""
-    try:
-        return open_dataset_any(path)
-    except DambenchError:
-        raise
-    except (TypeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DambenchInputError(
-            f"{source}: cannot open as a netCDF file ({type(err).__name__}: {first_line})."
-        ) from err
 
 
 # --- binary layout and GrADS descriptor -----------------------------------------------------------
@@ -345,14 +333,22 @@ def read_cpc_binary(
             "bytes; the file is truncated or not a CPC 0.5 degree daily binary."
         )
     dtype = np.dtype(layout.byteorder + "f4")
-    records = np.frombuffer(raw, dtype=dtype).reshape(len(layout.variables), layout.nlat,
-                                                       layout.nlon).astype(np.float32)
+    records = (
+        np.frombuffer(raw, dtype=dtype)
+        .reshape(len(layout.variables), layout.nlat, layout.nlon)
+        .astype(np.float32)
+    )
     rain = records[layout.variables.index("rain")]
     gnum = records[layout.variables.index("gnum")]
     precip = _decode_rain(rain, layout, source)
     gauges = _decode_gauges(gnum, layout, source)
-    return _assemble({"precip": precip[None], "gauges": gauges[None]}, layout.latitude,
-                     layout.longitude, [time], source)
+    return _assemble(
+        {"precip": precip[None], "gauges": gauges[None]},
+        layout.latitude,
+        layout.longitude,
+        [time],
+        source,
+    )
 
 
 def _read_bytes(path: PathLike) -> bytes:
@@ -514,53 +510,25 @@ def read_cpc_psl(
         coordinates, missing times, negative or implausible values.
     """
     source = str(path)
-    ds = _open_netcdf(path, source)
+    ds = open_dataset_any(path)
     if "precip" not in ds.data_vars:
         raise DambenchInputError(
             f"{source}: not a CPC precipitation file: no 'precip' variable; found variables "
             f"{sorted(map(str, ds.data_vars))}."
         )
-    da = _canonical_names(ds["precip"], source)
+    da = time_lat_lon(ds["precip"], source)
     _check_psl_units(da, source)
     if times is not None:
-        da = _select_times(da, times, source)
+        da = select_times(da, times, source)
     values = np.asarray(da.values, dtype=np.float32)
     _check_psl_values(values, source)
-    return _assemble({"precip": values}, da[schema.LATITUDE].values,
-                     da[schema.LONGITUDE].values, da[schema.TIME].values, source)
-
-
-def _canonical_names(da: xr.DataArray, source: str) -> xr.DataArray:
-    """Rename lat/lon/time aliases; check monotonic lat/lon and an increasing datetime time."""
-    renames = {}
-    for canonical, aliases in (
-        (schema.TIME, schema.TIME_ALIASES),
-        (schema.LATITUDE, schema.LATITUDE_ALIASES),
-        (schema.LONGITUDE, schema.LONGITUDE_ALIASES),
-    ):
-        found = next((name for name in aliases if name in da.dims), None)
-        if found is None:
-            raise DambenchInputError(
-                f"{source}: expected a {canonical} dimension (one of {aliases}), found dims "
-                f"{tuple(map(str, da.dims))}."
-            )
-        if found != canonical:
-            renames[found] = canonical
-    da = da.rename(renames) if renames else da
-    if set(da.dims) != {schema.TIME, schema.LATITUDE, schema.LONGITUDE}:
-        raise DambenchInputError(
-            f"{source}: expected dims (time, lat, lon), found {tuple(map(str, da.dims))}."
-        )
-    for dim in (schema.LATITUDE, schema.LONGITUDE):
-        check_monotonic(da[dim], dim, source)
-    time = da[schema.TIME]
-    if not np.issubdtype(time.dtype, np.datetime64):
-        raise DambenchInputError(
-            f"{source}: time is not decodable to datetime64 (found {time.dtype})."
-        )
-    if time.size > 1 and not np.all(np.diff(time.values) > np.timedelta64(0, "ns")):
-        raise DambenchInputError(f"{source}: time coordinate is not strictly increasing.")
-    return da.transpose(schema.TIME, schema.LATITUDE, schema.LONGITUDE)
+    return _assemble(
+        {"precip": values},
+        da[schema.LATITUDE].values,
+        da[schema.LONGITUDE].values,
+        da[schema.TIME].values,
+        source,
+    )
 
 
 def _normalise_units(units) -> str:
@@ -583,19 +551,6 @@ def _is_daily(times: np.ndarray) -> bool:
     if times.size < 2:
         return True
     return bool(np.all(np.diff(times) == np.timedelta64(1, "D")))
-
-
-def _select_times(da: xr.DataArray, times, source: str) -> xr.DataArray:
-    wanted = pd.DatetimeIndex(times if isinstance(times, pd.Index) else pd.to_datetime(list(times)))
-    available = pd.DatetimeIndex(da[schema.TIME].values)
-    missing = wanted.difference(available)
-    if len(missing):
-        raise DambenchInputError(
-            f"{source}: {len(missing)} requested times are not in the file, e.g. "
-            f"{[t.isoformat() for t in missing[:5]]}; the file covers "
-            f"{available.min().isoformat()} to {available.max().isoformat()}."
-        )
-    return da.sel({schema.TIME: wanted})
 
 
 def _check_psl_values(values: np.ndarray, source: str) -> None:
@@ -676,12 +631,16 @@ def cpc_on_grid(
             long_name="Number of rain gauges apportioned to the grid cell by area",
             comment="Regridded with method='sum': totals are preserved, counts are fractional.",
         )
-        comment = ("Area-weighted mean over the gauge-covered part of the cell; NaN where "
-                   f"gauge-covered cells cover less than {min_coverage:g} "
-                   "of it or it has no gauge.")
+        comment = (
+            "Area-weighted mean over the gauge-covered part of the cell; NaN where "
+            f"gauge-covered cells cover less than {min_coverage:g} "
+            "of it or it has no gauge."
+        )
     else:
-        comment = ("Area-weighted mean over the defined part of the cell; NaN where it covers "
-                   f"less than {min_coverage:g} of the cell.")
+        comment = (
+            "Area-weighted mean over the defined part of the cell; NaN where it covers "
+            f"less than {min_coverage:g} of the cell."
+        )
     regridded = regrid(precip, grid, method="conservative", min_coverage=min_coverage)
     if "gauges" in result:
         regridded = regridded.where(result["gauges"] > 0)

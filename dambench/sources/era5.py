@@ -18,7 +18,7 @@ from dambench.channels import check_channel_names, to_channels
 from dambench.exceptions import DambenchInputError, DambenchSchemaError
 from dambench.grid import CANONICAL_GRID, Grid, to_canonical
 from dambench.regrid import regrid
-from dambench.sources.base import PathLike, check_monotonic, open_dataset_any
+from dambench.sources.base import PathLike, check_monotonic, open_dataset_any, select_times
 from dambench.sources.lexicon import find_variable
 from dambench.validate import canonical_units
 
@@ -28,9 +28,7 @@ WB2_ERA5_1P5_URL = (
 )
 """WeatherBench2's ERA5 on the 1.5 degree grid with poles (6-hourly, 13 levels)."""
 
-ARCO_ERA5_URL = (
-    "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
-)
+ARCO_ERA5_URL = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
 """ARCO-ERA5 at 0.25 degrees (721 x 1440, hourly, 37 levels)."""
 
 
@@ -71,7 +69,7 @@ def open_era5(
     per_variable = _schema_variables(_canonical_layout(ds, member), channels, source)
     stacked = to_channels(per_variable, channels)
     if times is not None:
-        stacked = _select_times(stacked, times, source)
+        stacked = select_times(stacked, times, source)
     if grid is not None and not _on_grid(stacked, grid):
         stacked = regrid(stacked, grid)
     stacked.attrs = {"source": source}
@@ -83,8 +81,11 @@ def _canonical_layout(ds: xr.Dataset, member: int) -> xr.Dataset:
         if member not in ds["number"].values:
             raise DambenchInputError(f"Ensemble member {member} not in {ds['number'].values}.")
         ds = ds.sel(number=member)
-    drop = [c for c in ("number", "step", "surface", "valid_time") if c in ds.coords
-            and c not in ds.dims]
+    drop = [
+        c
+        for c in ("number", "step", "surface", "valid_time")
+        if c in ds.coords and c not in ds.dims
+    ]
     ds = ds.drop_vars(drop)
     if "time" in ds.coords and "time" not in ds.dims:
         ds = ds.expand_dims("time")
@@ -94,13 +95,12 @@ def _canonical_layout(ds: xr.Dataset, member: int) -> xr.Dataset:
     return to_canonical(ds)
 
 
-def _schema_variables(
-    ds: xr.Dataset, channels: Sequence[str] | None, source: str
-) -> xr.Dataset:
+def _schema_variables(ds: xr.Dataset, channels: Sequence[str] | None, source: str) -> xr.Dataset:
     wanted = check_channel_names(channels) if channels is not None else None
     variables = (
         list(dict.fromkeys(schema.CHANNEL_VARIABLE[c] for c in wanted))
-        if wanted is not None else list(schema.VARIABLES)
+        if wanted is not None
+        else list(schema.VARIABLES)
     )
     found = {var: find_variable(ds.data_vars, var) for var in variables}
     missing = [var for var, name in found.items() if name is None]
@@ -151,18 +151,6 @@ def _check_levels(field: xr.DataArray, var: str, wanted: Sequence[str], source: 
         raise DambenchSchemaError(
             f"{source}: variable {var!r} lacks levels {missing} hPa; it has {sorted(have)}."
         )
-
-
-def _select_times(stacked: xr.DataArray, times, source: str) -> xr.DataArray:
-    wanted = pd.DatetimeIndex(pd.to_datetime(list(times)))
-    have = pd.DatetimeIndex(stacked[schema.TIME].values)
-    missing = wanted.difference(have)
-    if len(missing):
-        shown = [str(t) for t in missing[:5]]
-        raise DambenchSchemaError(
-            f"{source}: {len(missing)} requested times are missing, e.g. {shown}."
-        )
-    return stacked.sel({schema.TIME: wanted.values})
 
 
 def _on_grid(field: xr.DataArray, grid: Grid) -> bool:

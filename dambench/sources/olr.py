@@ -21,10 +21,10 @@ import pandas as pd
 import xarray as xr
 
 from dambench import schema
-from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID, Grid, to_canonical
 from dambench.regrid import regrid
-from dambench.sources.base import PathLike, check_monotonic, open_dataset_any
+from dambench.sources.base import PathLike, open_dataset_any, select_times, time_lat_lon
 
 OLR_UNITS = "W m-2"
 """Units of every OLR field this module returns."""
@@ -42,22 +42,7 @@ OLR_ATTRS = {
     ),
 }
 
-_OLR_UNIT_SPELLINGS = frozenset(
-    {"w m-2", "w/m^2", "w/m2", "w m**-2", "w m^-2", "w.m-2", "w/m**2"}
-)
-
-
-def _open_netcdf(path: PathLike, source: str) -> xr.Dataset:
-    """``open_dataset_any`` with unreadable content reported as :class:`DambenchInputError`."""
-    try:
-        return open_dataset_any(path)
-    except DambenchError:
-        raise
-    except (TypeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DambenchInputError(
-            f"{source}: cannot open as a netCDF file ({type(err).__name__}: {first_line})."
-        ) from err
+_OLR_UNIT_SPELLINGS = frozenset({"w m-2", "w/m^2", "w/m2", "w m**-2", "w m^-2", "w.m-2", "w/m**2"})
 
 
 def _is_olr_units(units) -> bool:
@@ -100,7 +85,7 @@ def read_olr(
         ``valid_range`` (the count is named; without ``valid_range``, negative values).
     """
     source = str(path)
-    ds = _open_netcdf(path, source)
+    ds = open_dataset_any(path)
     if "olr" not in ds.data_vars:
         raise DambenchInputError(
             f"{source}: not an OLR file: no 'olr' variable; found variables "
@@ -108,14 +93,18 @@ def read_olr(
         )
     da = ds["olr"]
     check_olr_units(da.attrs.get("units"), source)
-    da = _canonical_dims(da, source)
+    da = time_lat_lon(da, source)
     if times is not None:
-        da = _select_times(da, times, source)
+        da = select_times(da, times, source)
     valid_range = _valid_range(da)
     da = da.astype(np.float32).load()
     _check_values(da.values, valid_range, source)
-    da = da.assign_coords({dim: xr.DataArray(da[dim].values.astype(np.float64), dims=dim)
-                           for dim in (schema.LATITUDE, schema.LONGITUDE)})
+    da = da.assign_coords(
+        {
+            dim: xr.DataArray(da[dim].values.astype(np.float64), dims=dim)
+            for dim in (schema.LATITUDE, schema.LONGITUDE)
+        }
+    )
     da[schema.TIME].attrs.pop("actual_range", None)  # stale once subset
     out = to_canonical(da)
     out.name = "olr"
@@ -123,53 +112,6 @@ def read_olr(
     if valid_range is not None:
         out.attrs["valid_range"] = np.asarray(valid_range, dtype=np.float32)
     return out
-
-
-def _canonical_dims(da: xr.DataArray, source: str) -> xr.DataArray:
-    """Rename time/lat/lon aliases; check monotonic coordinates and a datetime time axis."""
-    renames = {}
-    for canonical, aliases in (
-        (schema.TIME, schema.TIME_ALIASES),
-        (schema.LATITUDE, schema.LATITUDE_ALIASES),
-        (schema.LONGITUDE, schema.LONGITUDE_ALIASES),
-    ):
-        found = next((name for name in aliases if name in da.dims), None)
-        if found is None:
-            raise DambenchInputError(
-                f"{source}: expected a {canonical} dimension (one of {aliases}) on 'olr', found "
-                f"dims {tuple(map(str, da.dims))}."
-            )
-        if found != canonical:
-            renames[found] = canonical
-    da = da.rename(renames) if renames else da
-    if da.ndim != 3:
-        raise DambenchInputError(
-            f"{source}: expected 'olr' dims (time, lat, lon), found {tuple(map(str, da.dims))}."
-        )
-    for dim in (schema.LATITUDE, schema.LONGITUDE):
-        check_monotonic(da[dim], dim, source)
-    time = da[schema.TIME]
-    if not np.issubdtype(time.dtype, np.datetime64):
-        raise DambenchInputError(
-            f"{source}: time could not be decoded to datetime64 (found {time.dtype}); check its "
-            "units attribute, e.g. 'hours since 1800-01-01'."
-        )
-    if time.size > 1 and not np.all(np.diff(time.values) > np.timedelta64(0, "ns")):
-        raise DambenchInputError(f"{source}: time coordinate is not strictly increasing.")
-    return da.transpose(schema.TIME, schema.LATITUDE, schema.LONGITUDE)
-
-
-def _select_times(da: xr.DataArray, times, source: str) -> xr.DataArray:
-    wanted = pd.DatetimeIndex(times if isinstance(times, pd.Index) else pd.to_datetime(list(times)))
-    available = pd.DatetimeIndex(da[schema.TIME].values)
-    missing = wanted.difference(available)
-    if len(missing):
-        raise DambenchInputError(
-            f"{source}: {len(missing)} requested times are not in the file, e.g. "
-            f"{[t.isoformat() for t in missing[:5]]}; the file covers "
-            f"{available.min().isoformat()} to {available.max().isoformat()}."
-        )
-    return da.sel({schema.TIME: wanted})
 
 
 def _valid_range(da: xr.DataArray) -> tuple[float, float] | None:
@@ -182,8 +124,12 @@ def _valid_range(da: xr.DataArray) -> tuple[float, float] | None:
         return None
     packed_dtype = da.encoding.get("dtype")
     is_packed = "scale_factor" in da.encoding or "add_offset" in da.encoding
-    if is_packed and np.issubdtype(np.asarray(raw).dtype, np.integer) and packed_dtype is not None \
-            and np.issubdtype(np.dtype(packed_dtype), np.integer):
+    if (
+        is_packed
+        and np.issubdtype(np.asarray(raw).dtype, np.integer)
+        and packed_dtype is not None
+        and np.issubdtype(np.dtype(packed_dtype), np.integer)
+    ):
         bounds = bounds * da.encoding.get("scale_factor", 1.0) + da.encoding.get("add_offset", 0.0)
     return float(bounds.min()), float(bounds.max())
 
@@ -238,6 +184,9 @@ def olr_on_grid(
         raise DambenchInputError(f"min_coverage must be in [0, 1], found {min_coverage}.")
     out = regrid(da, grid, method="conservative", min_coverage=min_coverage)
     out.name = "olr"
-    out.attrs = {**da.attrs, "units": OLR_UNITS,
-                 "regridding": f"conservative to {grid.shape}, min_coverage={min_coverage:g}"}
+    out.attrs = {
+        **da.attrs,
+        "units": OLR_UNITS,
+        "regridding": f"conservative to {grid.shape}, min_coverage={min_coverage:g}",
+    }
     return out

@@ -41,10 +41,13 @@ def _raw_channel(raw: xr.Dataset, channel: str, **sel) -> np.ndarray:
     return field.values
 
 
-@pytest.mark.parametrize(("lead_hours", "valid", "step"), [
-    (24, "2018-04-05T12", "24h"),
-    (12, "2018-04-05T00", "12h"),
-])
+@pytest.mark.parametrize(
+    ("lead_hours", "valid", "step"),
+    [
+        (24, "2018-04-05T12", "24h"),
+        (12, "2018-04-05T00", "12h"),
+    ],
+)
 def test_ifs_grib_lead_selection_equals_the_step_field(ifs_file, lead_hours, valid, step):
     archive = ForecastArchive(ifs_file, lead_hours=lead_hours, grid=None)
     assert isinstance(archive, Background)
@@ -56,8 +59,9 @@ def test_ifs_grib_lead_selection_equals_the_step_field(ifs_file, lead_hours, val
     assert pd.Timestamp(raw.valid_time.sel(step=step).values) == pd.Timestamp(valid)
     assert bg.attrs["lead_hours"] == lead_hours and bg.attrs["method"] == "forecast_archive"
     for channel in bg.channel.values:
-        np.testing.assert_array_equal(bg.sel(channel=channel).values[0],
-                                      _raw_channel(raw, channel, step=step))
+        np.testing.assert_array_equal(
+            bg.sel(channel=channel).values[0], _raw_channel(raw, channel, step=step)
+        )
     t850 = bg.sel(channel="t850")
     assert 220 < float(t850.min()) and float(t850.max()) < 320
 
@@ -74,9 +78,11 @@ def test_ifs_grib_missing_leads_and_inits_are_named(ifs_file):
     with pytest.raises(DambenchInputError, match=r"no 48 h lead.*\['0', '12', '24', '36'\]"):
         ForecastArchive(ifs_file, lead_hours=48).at("2018-04-06T12")
     archive = ForecastArchive(ifs_file, lead_hours=12, grid=None)
-    with pytest.raises(DambenchInputError,
-                       match=r"missing initialisation times \[2018-04-05 00:00\].*valid at "
-                             r"\[2018-04-05 12:00\]"):
+    with pytest.raises(
+        DambenchInputError,
+        match=r"missing initialisation times \[2018-04-05 00:00\].*valid at "
+        r"\[2018-04-05 12:00\]",
+    ):
         archive.at(["2018-04-05T00", "2018-04-05T12"])
 
 
@@ -86,8 +92,11 @@ def test_metview_forecast_against_verifying_analysis(metview):
     analysis = ForecastArchive(an, lead_hours=0, grid=None).at("2016-09-30T00")
     assert forecast.time.values[0] == analysis.time.values[0]
     assert pd.Timestamp(forecast.init_time.values[0]) == pd.Timestamp("2016-09-25T00")
-    assert forecast.channel.values.tolist() == analysis.channel.values.tolist() == [
-        "u10", "v10", "msl", "u500", "u850", "v500", "v850", "t500", "t850"]
+    assert (
+        forecast.channel.values.tolist()
+        == analysis.channel.values.tolist()
+        == ["u10", "v10", "msl", "u500", "u850", "v500", "v850", "t500", "t850"]
+    )
     # the analysis archive returns exactly the file's field
     raw = open_dataset_any(an[[p.name for p in an].index("t_pl.grib")])
     expected = raw["t"].sel(time="2016-09-30T00", isobaricInhPa=850)  # lat 80 -> 20, lon -70..40
@@ -115,18 +124,35 @@ def wb2_store(tmp_path_factory):
     lat = CANONICAL_GRID.latitude[::-1]
     lon = CANONICAL_GRID.longitude
     pattern = np.cos(np.deg2rad(lat))[None, :] * np.sin(np.deg2rad(lon))[:, None]  # (lon, lat)
-    code = (np.arange(3)[:, None, None] + (leads / pd.Timedelta(hours=1)).to_numpy()[None, :, None]
-            / 100 + levels[None, None, :] / 1000)  # (init, lead, level)
+    code = (
+        np.arange(3)[:, None, None]
+        + (leads / pd.Timedelta(hours=1)).to_numpy()[None, :, None] / 100
+        + levels[None, None, :] / 1000
+    )  # (init, lead, level)
     t = 250 + code[..., None, None] + pattern[None, None, None]
     t2m = 280 + code[:, :, 0, None, None] + pattern[None, None]
-    coords = {"time": inits, "prediction_timedelta": leads, "level": levels,
-              "longitude": lon, "latitude": lat}
-    ds = xr.Dataset({
-        WB2["t"]: (("time", "prediction_timedelta", "level", "longitude", "latitude"),
-                   t.astype(np.float32), {"units": "K"}),
-        WB2["t2m"]: (("time", "prediction_timedelta", "longitude", "latitude"),
-                     t2m.astype(np.float32), {"units": "K"}),
-    }, coords=coords)
+    coords = {
+        "time": inits,
+        "prediction_timedelta": leads,
+        "level": levels,
+        "longitude": lon,
+        "latitude": lat,
+    }
+    ds = xr.Dataset(
+        {
+            WB2["t"]: (
+                ("time", "prediction_timedelta", "level", "longitude", "latitude"),
+                t.astype(np.float32),
+                {"units": "K"},
+            ),
+            WB2["t2m"]: (
+                ("time", "prediction_timedelta", "longitude", "latitude"),
+                t2m.astype(np.float32),
+                {"units": "K"},
+            ),
+        },
+        coords=coords,
+    )
     path = tmp_path_factory.mktemp("wb2") / "forecast.zarr"
     ds.to_zarr(path, consolidated=False)
     return path, pattern
@@ -139,14 +165,17 @@ def test_wb2_forecast_store(wb2_store):
     bg = archive.at(["2020-01-02", "2020-01-03"])
     assert bg.shape == (2, 3, *CANONICAL_GRID.shape)  # on the canonical grid: no regridding
     assert bg.channel.values.tolist() == ["t2m", "t500", "t850"]
-    np.testing.assert_array_equal(bg.init_time.values,
-                                  pd.to_datetime(["2020-01-01", "2020-01-02"]).values)
+    np.testing.assert_array_equal(
+        bg.init_time.values, pd.to_datetime(["2020-01-01", "2020-01-02"]).values
+    )
     flipped = pattern.T[::-1]  # (lat north -> south, lon)
     for i, init_day in enumerate([0, 1]):
-        np.testing.assert_allclose(bg.sel(channel="t850").values[i],
-                                   250 + init_day + 0.24 + 0.85 + flipped, rtol=1e-6)
-        np.testing.assert_allclose(bg.sel(channel="t2m").values[i],
-                                   280 + init_day + 0.24 + 0.5 + flipped, rtol=1e-6)
+        np.testing.assert_allclose(
+            bg.sel(channel="t850").values[i], 250 + init_day + 0.24 + 0.85 + flipped, rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            bg.sel(channel="t2m").values[i], 280 + init_day + 0.24 + 0.5 + flipped, rtol=1e-6
+        )
     assert bg.latitude.values[0] == 90 and bg.longitude.values[0] == 0
     two_days = ForecastArchive(path, lead_hours=48, channels=["t850"]).at("2020-01-03")
     np.testing.assert_allclose(two_days.values[0, 0], 250 + 0 + 0.48 + 0.85 + flipped, rtol=1e-6)

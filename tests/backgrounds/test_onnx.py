@@ -55,8 +55,14 @@ class LinearStep(torch.nn.Module):
 def _export(module: torch.nn.Module, path, n_in: int = 2 * C, shape=GRID.shape) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, n_in, *shape),), str(path),
-                          input_names=["input"], output_names=["output"], dynamo=False)
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, n_in, *shape),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamo=False,
+        )
     return str(path)
 
 
@@ -70,8 +76,12 @@ def models(tmp_path_factory):
 
 
 BASE = smooth_field(1, CHANNELS, grid=GRID, seed=3).isel(time=0, drop=True).astype(np.float64)
-SLOPE = 0.01 * STD[:, None, None] * smooth_field(1, CHANNELS, grid=GRID, seed=4).isel(
-    time=0, drop=True).astype(np.float64) / BASE.std(("latitude", "longitude"))
+SLOPE = (
+    0.01
+    * STD[:, None, None]
+    * smooth_field(1, CHANNELS, grid=GRID, seed=4).isel(time=0, drop=True).astype(np.float64)
+    / BASE.std(("latitude", "longitude"))
+)
 
 
 def linear_analysis(times) -> xr.DataArray:
@@ -105,13 +115,15 @@ class Recorder:
 def assert_close_normalised(actual, expected, atol=1e-4):
     """Compare in normalised units, (x - mean) / std, where float32 rounding is about 1e-6."""
     mean, std = MEAN[:, None, None], STD[:, None, None]
-    np.testing.assert_allclose((np.asarray(actual) - mean) / std,
-                               (np.asarray(expected) - mean) / std, atol=atol)
+    np.testing.assert_allclose(
+        (np.asarray(actual) - mean) / std, (np.asarray(expected) - mean) / std, atol=atol
+    )
 
 
 def _forecaster(model, analysis=linear_analysis, **kwargs) -> OnnxForecaster:
-    options = dict(mean=MEAN, std=STD, analysis=analysis, channels=CHANNELS, model_grid=GRID,
-                   grid=None)
+    options = dict(
+        mean=MEAN, std=STD, analysis=analysis, channels=CHANNELS, model_grid=GRID, grid=None
+    )
     options.update(kwargs)
     return OnnxForecaster(model, **options)
 
@@ -161,14 +173,15 @@ def test_which_states_feed_which_step(models):
     forecaster = _forecaster(session, analysis=analysis)
     forecaster.at(VALID)
     assert len(analysis.calls) == 1
-    assert analysis.calls[0].equals(pd.DatetimeIndex([VALID - pd.Timedelta("30h"),
-                                                      VALID - pd.Timedelta("24h")]))
+    assert analysis.calls[0].equals(
+        pd.DatetimeIndex([VALID - pd.Timedelta("30h"), VALID - pd.Timedelta("24h")])
+    )
     assert len(session.calls) == 4  # t-18 h, t-12 h, t-6 h, t
     states = forecaster.normalise(linear_analysis(analysis.calls[0]).values)
     first_input = session.calls[0][0][0]
     np.testing.assert_allclose(first_input[:C], states[0], rtol=1e-6)  # t-30 h first
     np.testing.assert_allclose(first_input[C:], states[1], rtol=1e-6)  # then t-24 h
-    for (prev_in, prev_out), (this_in, _) in zip(session.calls, session.calls[1:]):
+    for (prev_in, prev_out), (this_in, _) in zip(session.calls, session.calls[1:], strict=False):
         np.testing.assert_array_equal(this_in[0, :C], prev_in[0, C:])  # last state moves back
         np.testing.assert_array_equal(this_in[0, C:], prev_out[0, :C])  # new state: first C only
 
@@ -198,20 +211,23 @@ def test_normalisation_round_trip():
     forecaster = _forecaster(IdentitySession())
     state = linear_analysis([VALID]).values[0]
     normalised = forecaster.normalise(state)
-    np.testing.assert_allclose(normalised.mean(axis=(1, 2)),
-                               ((state.mean(axis=(1, 2)) - MEAN) / STD), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        normalised.mean(axis=(1, 2)), ((state.mean(axis=(1, 2)) - MEAN) / STD), rtol=1e-4, atol=1e-6
+    )
     assert_close_normalised(forecaster.denormalise(normalised), state, atol=1e-6)
     # identity dynamics: the +24 h background is the analysis at t - 24 h, back in physical units
     bg = forecaster.at(VALID)
-    assert_close_normalised(bg.values[0], linear_analysis([VALID - pd.Timedelta("24h")]).values[0],
-                            atol=1e-6)
+    assert_close_normalised(
+        bg.values[0], linear_analysis([VALID - pd.Timedelta("24h")]).values[0], atol=1e-6
+    )
 
 
 def test_analysis_as_dataarray_on_another_grid_is_regridded():
     times = pd.date_range("2024-01-01", periods=3, freq="6h")
     analysis = smooth_field(1, CHANNELS, seed=5).isel(time=[0, 0, 0]).assign_coords(time=times)
-    bg = _forecaster(IdentitySession(), analysis=analysis, lead_hours=6,
-                     grid=CANONICAL_GRID).at(times[-1])
+    bg = _forecaster(IdentitySession(), analysis=analysis, lead_hours=6, grid=CANONICAL_GRID).at(
+        times[-1]
+    )
     expected = regrid(regrid(analysis.isel(time=[1]), GRID, method="bilinear"), CANONICAL_GRID)
     np.testing.assert_allclose(bg.values, expected.values, rtol=1e-5, atol=1e-6)
     assert bg.attrs["lead_hours"] == 6.0 and bg.attrs["n_steps"] == 1
@@ -234,8 +250,7 @@ def test_errors_name_the_problem(models, tmp_path):
     with pytest.raises(DambenchInputError, match=r"model_grid \(37, 72\)"):
         _forecaster(models["drift"], model_grid=Grid(5.0))
     few = linear_analysis(pd.date_range("2024-01-01T18", periods=2, freq="6h"))
-    with pytest.raises(DambenchInputError,
-                       match=r"Missing analysis times \[2024-01-01 12:00\]"):
+    with pytest.raises(DambenchInputError, match=r"Missing analysis times \[2024-01-01 12:00\]"):
         _forecaster(models["drift"], analysis=few).at(pd.Timestamp("2024-01-02T18"))
 
 

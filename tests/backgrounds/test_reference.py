@@ -48,8 +48,9 @@ def test_persistence_duration_lag_with_tolerance(era5_sample_target):
     # exact by default: t - 22 h exists only where the 3 steps sum to 22 h
     exact = [t for t in times[3:] if t - pd.Timedelta("22h") in times]
     bg = Persistence(target, lag=pd.Timedelta("22h")).at(exact)
-    np.testing.assert_array_equal(bg.values, target.sel(time=[t - pd.Timedelta("22h")
-                                                              for t in exact]).values)
+    np.testing.assert_array_equal(
+        bg.values, target.sel(time=[t - pd.Timedelta("22h") for t in exact]).values
+    )
     inexact = [t for t in times[3:] if t not in exact][:1]
     with pytest.raises(DambenchInputError, match=r"no field time exactly at \["):
         Persistence(target, lag="22h").at(inexact)
@@ -58,10 +59,14 @@ def test_persistence_duration_lag_with_tolerance(era5_sample_target):
 def _hourly_field(hours: list[int]) -> xr.DataArray:
     grid = Grid(30.0)
     times = pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h")
-    data = np.broadcast_to(np.array(hours, dtype=np.float32)[:, None, None, None],
-                           (len(hours), 1, *grid.shape))
-    return xr.DataArray(data, dims=schema.CANONICAL_DIMS,
-                        coords={"time": times, **channel_coords(["t2m"]), **grid.coords()})
+    data = np.broadcast_to(
+        np.array(hours, dtype=np.float32)[:, None, None, None], (len(hours), 1, *grid.shape)
+    )
+    return xr.DataArray(
+        data,
+        dims=schema.CANONICAL_DIMS,
+        coords={"time": times, **channel_coords(["t2m"]), **grid.coords()},
+    )
 
 
 def test_persistence_nearest_rule_prefers_the_earlier_time_on_ties():
@@ -79,8 +84,11 @@ def test_persistence_errors():
     field = _hourly_field([0, 2, 4, 6])
     with pytest.raises(DambenchInputError, match=r"No field time 2 steps before \[2024-01-01 02"):
         Persistence(field, lag=2).at(["2024-01-01T02", "2024-01-01T06"])
-    with pytest.raises(DambenchInputError, match=r"valid time to be a time of the field; missing "
-                                                 r"\[2024-01-01 05:00\]"):
+    with pytest.raises(
+        DambenchInputError,
+        match=r"valid time to be a time of the field; missing "
+        r"\[2024-01-01 05:00\]",
+    ):
         Persistence(field, lag=1).at("2024-01-01T05")
     with pytest.raises(DambenchInputError, match="smaller than lag"):
         Persistence(field, lag="2h", tolerance="2h")
@@ -123,16 +131,24 @@ def synthetic():
     slots = day_slot(times)
     offset = np.array([YEAR_OFFSET[y] for y in times.year])
     pattern = np.cos(np.deg2rad(GRID.latitude))[:, None] + 0 * GRID.longitude[None, :]
-    values = (offset[:, None, None, None] + AMPLITUDE[None, :, None, None]
-              * _cycle(slots)[:, None, None, None] + pattern[None, None])
-    field = xr.DataArray(values, dims=schema.CANONICAL_DIMS, coords={
-        "time": times, **channel_coords(["t2m", "msl"]), **GRID.coords()}, name="target")
+    values = (
+        offset[:, None, None, None]
+        + AMPLITUDE[None, :, None, None] * _cycle(slots)[:, None, None, None]
+        + pattern[None, None]
+    )
+    field = xr.DataArray(
+        values,
+        dims=schema.CANONICAL_DIMS,
+        coords={"time": times, **channel_coords(["t2m", "msl"]), **GRID.coords()},
+        name="target",
+    )
     return field, pattern
 
 
 def test_day_slot_is_the_calendar_day_of_a_leap_year():
-    assert day_slot(["2023-03-01", "2024-03-01", "2024-02-29", "2023-12-31", "2024-01-01T18"]
-                    ).tolist() == [61, 61, 60, 366, 1]
+    assert day_slot(
+        ["2023-03-01", "2024-03-01", "2024-02-29", "2023-12-31", "2024-01-01T18"]
+    ).tolist() == [61, 61, 60, 366, 1]
 
 
 def test_climatology_recovers_the_cycle(synthetic):
@@ -147,8 +163,9 @@ def test_climatology_recovers_the_cycle(synthetic):
     assert "init_time" not in bg.coords and bg.attrs["training_period"] == "2000-01-01/2003-12-31"
     # 29 February is served by the one leap year (offset +1.5)
     feb29 = clim.at("2004-02-29")
-    np.testing.assert_allclose(feb29.values[0], 1.5 + AMPLITUDE[:, None, None] * _cycle(60)
-                               + pattern, atol=1e-9)
+    np.testing.assert_allclose(
+        feb29.values[0], 1.5 + AMPLITUDE[:, None, None] * _cycle(60) + pattern, atol=1e-9
+    )
     assert int(clim.counts.sel(dayofyear=60)) == 1 and int(clim.counts.sel(dayofyear=61)) == 4
 
 

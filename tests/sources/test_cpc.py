@@ -232,14 +232,28 @@ def write_psl_file(path, precip: np.ndarray, times, units="mm/day", lat=None, lo
     lat = np.arange(89.75, -90, -0.5) if lat is None else lat
     lon = np.arange(0.25, 360, 0.5) if lon is None else lon
     ds = xr.Dataset(
-        {"precip": (("time", "lat", "lon"), precip.astype(np.float32),
-                    {"units": units, "long_name": "Daily total of precipitation",
-                     "dataset": "CPC Global Precipitation", "statistic": "Total"})},
-        coords={"time": pd.DatetimeIndex(times), "lat": lat.astype(np.float32),
-                "lon": lon.astype(np.float32)},
+        {
+            "precip": (
+                ("time", "lat", "lon"),
+                precip.astype(np.float32),
+                {
+                    "units": units,
+                    "long_name": "Daily total of precipitation",
+                    "dataset": "CPC Global Precipitation",
+                    "statistic": "Total",
+                },
+            )
+        },
+        coords={
+            "time": pd.DatetimeIndex(times),
+            "lat": lat.astype(np.float32),
+            "lon": lon.astype(np.float32),
+        },
     )
-    encoding = {"precip": {"_FillValue": np.float32(-9.96921e36), "zlib": True},
-                "time": {"units": "hours since 1900-01-01 00:00:00"}}
+    encoding = {
+        "precip": {"_FillValue": np.float32(-9.96921e36), "zlib": True},
+        "time": {"units": "hours since 1900-01-01 00:00:00"},
+    }
     ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
     return path
 
@@ -266,10 +280,11 @@ def test_psl_time_selection_and_bad_files(tmp_path):
     path = write_psl_file(tmp_path / "small.nc", values, times, lat=lat, lon=lon)
     picked = read_cpc_psl(path, times=["2020-01-02"])
     np.testing.assert_array_equal(picked.time.values, np.array(["2020-01-02"], "M8[ns]"))
-    with pytest.raises(DambenchInputError, match="not in the file"):
+    with pytest.raises(DambenchInputError, match="requested times are missing"):
         read_cpc_psl(path, times=["2021-01-01"])
-    weekly = write_psl_file(tmp_path / "weekly.nc", values, ["2020-01-01", "2020-01-08",
-                                                             "2020-01-15"], "mm", lat, lon)
+    weekly = write_psl_file(
+        tmp_path / "weekly.nc", values, ["2020-01-01", "2020-01-08", "2020-01-15"], "mm", lat, lon
+    )
     with pytest.raises(DambenchInputError, match="units must be mm/day"):
         read_cpc_psl(weekly)
     metres = write_psl_file(tmp_path / "m.nc", values, times, "m", lat, lon)
@@ -278,8 +293,9 @@ def test_psl_time_selection_and_bad_files(tmp_path):
     negative = write_psl_file(tmp_path / "neg.nc", -values, times, lat=lat, lon=lon)
     with pytest.raises(DambenchInputError, match="negative precip"):
         read_cpc_psl(negative)
-    shuffled = write_psl_file(tmp_path / "shuffled.nc", values, times,
-                              lat=np.array([1.0, -1.0, 0.0]), lon=lon)
+    shuffled = write_psl_file(
+        tmp_path / "shuffled.nc", values, times, lat=np.array([1.0, -1.0, 0.0]), lon=lon
+    )
     with pytest.raises(DambenchInputError, match="not strictly monotonic"):
         read_cpc_psl(shuffled)
     other = tmp_path / "other.nc"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from dambench import DambenchSchemaError, lat_weights, validate
+from dambench import DambenchInputError, DambenchSchemaError, lat_weights, validate
 from dambench.sources.era5 import open_era5
 from dambench.sources.lexicon import WB2
 
@@ -25,7 +25,10 @@ def wb2_store(realdata, tmp_path_factory):
     sub = sub.rename(month="time").assign_coords(time=pd.to_datetime(["2000-01-15", "2000-07-15"]))
     sub = sub.astype("float32")
     store = xr.Dataset(
-        {WB2[v]: sub[v].transpose("time", "level", "longitude", "latitude") for v in ("z", "u", "v")}
+        {
+            WB2[v]: sub[v].transpose("time", "level", "longitude", "latitude")
+            for v in ("z", "u", "v")
+        }
     )
     for var in store.data_vars.values():
         var.encoding = {}  # drop the netCDF int16 packing
@@ -63,7 +66,7 @@ def test_missing_variables_and_levels_are_named(realdata):
         open_era5(path, channels=["q700", "t500"])
     with pytest.raises(DambenchSchemaError, match=r"lacks levels \[925\]"):
         open_era5(path, channels=["t500", "t925"])
-    with pytest.raises(DambenchSchemaError, match="requested times are missing"):
+    with pytest.raises(DambenchInputError, match="requested times are missing"):
         open_era5(path, times=["2017-01-03T00"])
 
 
@@ -86,11 +89,13 @@ def test_wb2_zarr_layout_is_canonicalised_exactly(wb2_store):
     validate(da)
     assert da.dims == ("time", "channel", "latitude", "longitude")
     expected = source["z"].sel(level=500, latitude=60.0, longitude=30.0).values
-    np.testing.assert_array_equal(da.sel(channel="z500", latitude=60.0, longitude=30.0).values,
-                                  expected)
+    np.testing.assert_array_equal(
+        da.sel(channel="z500", latitude=60.0, longitude=30.0).values, expected
+    )
     np.testing.assert_array_equal(
         da.sel(channel="u850").isel(time=1).values,
-        source["u"].sel(level=850).isel(time=1).sortby("latitude", ascending=False).values)
+        source["u"].sel(level=850).isel(time=1).sortby("latitude", ascending=False).values,
+    )
 
 
 def test_same_code_reads_fsspec_urls(wb2_store, realdata):
@@ -104,25 +109,38 @@ def test_same_code_reads_fsspec_urls(wb2_store, realdata):
     fs.put(str(realdata / "era5" / "era5_1995-07-14T12.nc"), "/cds/sample.nc")
     nc = open_era5("memory://cds/sample.nc", channels=["t2m"]).load()
     np.testing.assert_array_equal(
-        nc.values, open_era5(realdata / "era5" / "era5_1995-07-14T12.nc", channels=["t2m"]).values)
+        nc.values, open_era5(realdata / "era5" / "era5_1995-07-14T12.nc", channels=["t2m"]).values
+    )
     # GRIB readers need a file name: remote GRIB is fetched once into the dambench cache
     fs.put(str(realdata / "era5" / "test4.grib"), "/grib/test4.grib")
     grib = open_era5("memory://grib/test4.grib", channels=["z500"]).load()
     np.testing.assert_array_equal(
-        grib.values, open_era5(realdata / "era5" / "test4.grib", channels=["z500"]).values)
+        grib.values, open_era5(realdata / "era5" / "test4.grib", channels=["z500"]).values
+    )
 
 
 def test_arco_quarter_degree_store_regridded(realdata, tmp_path):
     """An ARCO-ERA5-layout 0.25 deg store (721 x 1440, long names) holding the real UK t2m."""
-    uk = xr.open_dataset(realdata / "era5" / "era5-2mt-2019-03-uk.grib", engine="cfgrib",
-                         backend_kwargs={"indexpath": ""})["t2m"].isel(time=[0, 12]).load()
+    uk = (
+        xr.open_dataset(
+            realdata / "era5" / "era5-2mt-2019-03-uk.grib",
+            engine="cfgrib",
+            backend_kwargs={"indexpath": ""},
+        )["t2m"]
+        .isel(time=[0, 12])
+        .load()
+    )
     lat = np.linspace(90, -90, 721)
     lon = np.arange(1440) * 0.25
-    field = xr.DataArray(np.full((2, 721, 1440), np.nan, np.float32), dims=("time", "latitude",
-                         "longitude"), coords={"time": uk.time.values, "latitude": lat,
-                                               "longitude": lon}, attrs={"units": "K"})
+    field = xr.DataArray(
+        np.full((2, 721, 1440), np.nan, np.float32),
+        dims=("time", "latitude", "longitude"),
+        coords={"time": uk.time.values, "latitude": lat, "longitude": lon},
+        attrs={"units": "K"},
+    )
     uk_wrapped = uk.assign_coords(longitude=uk.longitude % 360).drop_vars(
-        [c for c in uk.coords if c not in ("time", "latitude", "longitude")])
+        [c for c in uk.coords if c not in ("time", "latitude", "longitude")]
+    )
     field.loc[{"latitude": uk_wrapped.latitude, "longitude": uk_wrapped.longitude}] = uk_wrapped
     path = tmp_path / "arco.zarr"
     xr.Dataset({"2m_temperature": field}).to_zarr(path, consolidated=False)
@@ -139,13 +157,19 @@ def test_arco_quarter_degree_store_regridded(realdata, tmp_path):
     out = t2m.sel(latitude=slice(55.5, 52.5))
     out = out.where(out.notnull(), drop=True)
     assert float(out.weighted(lat_weights(out.latitude, "area")).mean()) == pytest.approx(
-        float(src.weighted(lat_weights(src.latitude, "area")).mean()), abs=1.5)
+        float(src.weighted(lat_weights(src.latitude, "area")).mean()), abs=1.5
+    )
 
 
 def test_wrong_units_and_not_era5(tmp_path):
-    bad = xr.Dataset({"t2m": (("latitude", "longitude"), np.zeros((3, 4)) + 20, {"units": "degC"})},
-                     coords={"latitude": [10.0, 0.0, -10.0], "longitude": [0.0, 90, 180, 270],
-                             "time": np.datetime64("2020-01-01")})
+    bad = xr.Dataset(
+        {"t2m": (("latitude", "longitude"), np.zeros((3, 4)) + 20, {"units": "degC"})},
+        coords={
+            "latitude": [10.0, 0.0, -10.0],
+            "longitude": [0.0, 90, 180, 270],
+            "time": np.datetime64("2020-01-01"),
+        },
+    )
     bad.to_netcdf(tmp_path / "celsius.nc", engine="h5netcdf")
     with pytest.raises(DambenchSchemaError, match="units 'degC'; expected 'K'"):
         open_era5(tmp_path / "celsius.nc")
