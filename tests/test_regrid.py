@@ -139,3 +139,14 @@ def test_irregular_longitude_raises():
     )
     with pytest.raises(DambenchInputError, match="not regularly spaced"):
         regrid(field)
+
+
+def test_real_cpc_half_degree_field_mean_and_count_total(realdata):
+    from dambench.sources.cpc import read_cpc_binary
+
+    cpc = read_cpc_binary(realdata / "cpc" / "PRCP_CU_GAUGE_V1.0GLB_0.50deg.lnx.20200701.RT")
+    gauges = cpc["gauges"].isel(time=0).fillna(0.0)  # a NaN-free global 0.5 deg field
+    as_field = regrid(gauges)
+    assert area_mean(as_field) == pytest.approx(area_mean(gauges), rel=1e-6)
+    as_count = regrid(gauges, method="sum")
+    assert float(as_count.sum()) == pytest.approx(18460.0, rel=1e-12)

@@ -182,3 +182,18 @@ def test_wrong_units_and_not_era5(tmp_path):
     flipped.to_netcdf(tmp_path / "nonmono.nc", engine="h5netcdf")
     with pytest.raises(Exception, match="not strictly monotonic"):
         open_era5(tmp_path / "nonmono.nc")
+
+
+def test_new_cds_netcdf_layout_matches_grib(realdata, tmp_path):
+    """The 2024+ CDS netCDF layout (valid_time, pressure_level, longitude -180..180) of the same
+    real fields reads identically to the GRIB file."""
+    grib_path = realdata / "era5" / "era5-levels-members.grib"
+    grib = xr.open_dataset(grib_path, engine="cfgrib", backend_kwargs={"indexpath": ""})
+    cds = grib.sel(number=0).drop_vars(["number", "step", "valid_time"], errors="ignore")
+    cds = cds.rename(time="valid_time", isobaricInhPa="pressure_level")
+    cds = cds.assign_coords(longitude=((cds.longitude + 180) % 360) - 180).sortby("longitude")
+    cds.to_netcdf(tmp_path / "cds.nc", engine="h5netcdf")
+    from_nc = open_era5(tmp_path / "cds.nc", grid=None)
+    from_grib = open_era5(grib_path, grid=None)
+    np.testing.assert_array_equal(from_nc.values, from_grib.values)
+    assert from_nc.channel.values.tolist() == from_grib.channel.values.tolist()
