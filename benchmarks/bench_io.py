@@ -1,0 +1,97 @@
+"""Read throughput of a built dataset: dambench/datasets loaders vs raw reads of the same bytes.
+
+zarr_ratio = (cycles/s reading target, background and observation one cycle at a time through
+``dambench.open_dataset``) / (cycles/s reading the same chunks with ``zarr`` directly).
+parquet_ratio = (rows/s through ``datasets`` streaming with ``.with_format("numpy")``) / (rows/s
+reading the same row groups, every column, with ``pyarrow`` and converting to numpy arrays).
+Uses the era5-sample build (built into a temporary folder unless --folder is given); datasets and
+stores are opened once, outside the timed passes; best of --repeats passes over all cycles.
+Last line: ``zarr_ratio=X parquet_ratio=Y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="dambench-bench-hf-"))
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import zarr  # noqa: E402
+from _timing import best_of  # noqa: E402
+
+from dambench.build import build  # noqa: E402
+from dambench.load import open_dataset  # noqa: E402
+
+FIELDS = ("target", "background", "observation")
+
+
+def to_numpy(column) -> np.ndarray:
+    """One row's column as a numpy array: nested ArrayXD lists flattened and reshaped."""
+    array = column.combine_chunks()
+    if not hasattr(array, "storage"):
+        return array.to_numpy()
+    shape = array.type.shape
+    values = array.storage
+    for _ in shape:
+        values = values.flatten()
+    return np.asarray(values).reshape(-1, *shape)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--folder", help="a built dataset folder (default: build era5-sample)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    folder = Path(args.folder) if args.folder else build(
+        "era5-sample", Path(tempfile.mkdtemp()) / "era5-sample", verbose=False)
+    store = next(folder.glob("*.zarr"))
+    n = open_dataset(folder).sizes["time"]
+
+    ds = open_dataset(folder)
+
+    def ours_zarr():
+        for i in range(n):
+            cycle = ds[list(FIELDS)].isel(time=i)
+            [cycle[name].values for name in FIELDS]
+
+    def raw_zarr():
+        arrays = [zarr.open_array(store / name, mode="r") for name in FIELDS]
+        for i in range(n):
+            [array[i] for array in arrays]
+
+    parquet = sorted((folder / "data").glob("train-*.parquet"))
+    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet)
+
+    from datasets import load_dataset
+
+    stream = load_dataset(str(folder), split="train", streaming=True).with_format("numpy")
+
+    def ours_parquet():
+        for row in stream:
+            [row[name] for name in FIELDS]
+
+    def raw_parquet():
+        for path in parquet:
+            handle = pq.ParquetFile(path)
+            for g in range(handle.num_row_groups):
+                table = handle.read_row_group(g)  # every column, as datasets decodes every column
+                [to_numpy(table[name]) for name in table.column_names]
+
+    t_ours_z, t_raw_z = best_of(ours_zarr, args.repeats), best_of(raw_zarr, args.repeats)
+    t_ours_p, t_raw_p = best_of(ours_parquet, args.repeats), best_of(raw_parquet, args.repeats)
+    print(f"{folder}: {n} cycles in zarr, {n_rows} train rows in {len(parquet)} parquet files")
+    print(f"zarr:    open_dataset {n / t_ours_z:.1f} cycles/s, raw zarr {n / t_raw_z:.1f} cycles/s")
+    print(f"parquet: datasets streaming {n_rows / t_ours_p:.1f} rows/s, "
+          f"raw pyarrow {n_rows / t_raw_p:.1f} rows/s")
+    print(f"zarr_ratio={t_raw_z / t_ours_z:.2f} parquet_ratio={t_raw_p / t_ours_p:.2f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
