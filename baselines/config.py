@@ -1,4 +1,4 @@
-"""Training configurations: YAML loaded strictly (an unknown key is an error) into frozen dataclasses.
+"""Training configurations: YAML loaded strictly (unknown keys are errors) into frozen dataclasses.
 
 A config file has three sections::
 
@@ -115,5 +115,6 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         node[keys[-1]] = value
     if "model" not in raw:
         raise ValueError(f"{path} needs a model section with a name.")
-    return RunConfig(**{name: _strict(cls, raw.get(name, {}), name)
-                        for name, cls in _SECTIONS.items()})
+    return RunConfig(
+        **{name: _strict(cls, raw.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    )

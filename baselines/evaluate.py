@@ -35,8 +35,9 @@ from dambench.normalize import denormalize  # noqa: E402
 CONFIDENCE = 0.95
 
 
-def predict(model: torch.nn.Module, loader, template: xr.DataArray, stats: xr.Dataset,
-            device: str = "cpu") -> xr.DataArray:
+def predict(
+    model: torch.nn.Module, loader, template: xr.DataArray, stats: xr.Dataset, device: str = "cpu"
+) -> xr.DataArray:
     """The model's analyses over a (non-shuffled) loader, denormalised, shaped like ``template``."""
     model.eval()
     means = []
@@ -49,8 +50,9 @@ def predict(model: torch.nn.Module, loader, template: xr.DataArray, stats: xr.Da
     return denormalize(normalised, stats)
 
 
-def per_cycle_rows(analysis: xr.DataArray, target: xr.DataArray, stats: xr.Dataset
-                   ) -> dict[str, np.ndarray]:
+def per_cycle_rows(
+    analysis: xr.DataArray, target: xr.DataArray, stats: xr.Dataset
+) -> dict[str, np.ndarray]:
     """Table 3 columns per cycle: ``{column: (n_cycles,) values}``."""
     result = evaluate(analysis, target, stats=stats, sample_dim=None)
     rows = [table3_row(result.isel({schema.TIME: i})) for i in range(result.sizes[schema.TIME])]
@@ -58,8 +60,7 @@ def per_cycle_rows(analysis: xr.DataArray, target: xr.DataArray, stats: xr.Datas
     return {c: np.array([row[c] for row in rows]) for c in columns}
 
 
-def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0
-                 ) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95 % percentile interval of the mean of ``values`` (resampling with replacement)."""
     rng = np.random.default_rng(seed)
     index = rng.integers(0, values.size, size=(n_resamples, values.size))
@@ -124,14 +125,17 @@ def format_rows(rows: dict[str, dict], fmt: str = "markdown") -> str:
 def write_results(out: Path, name: str, summary: dict, meta: dict) -> None:
     """results.json, table.md and table.csv in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"name": name, **meta, "table3": summary},
-                                                 indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"name": name, **meta, "table3": summary}, indent=2)
+    )
     (out / "table.md").write_text(format_rows({name: summary}) + "\n")
     lines = ["method,column,mean,std_over_seeds,ci_low,ci_high"]
     for column, entry in summary.items():
         std = "" if entry["std_over_seeds"] is None else f"{entry['std_over_seeds']:.6g}"
-        lines.append(f"{name},{column},{entry['mean']:.6g},{std},{entry['ci95'][0]:.6g},"
-                     f"{entry['ci95'][1]:.6g}")
+        lines.append(
+            f"{name},{column},{entry['mean']:.6g},{std},{entry['ci95'][0]:.6g},"
+            f"{entry['ci95'][1]:.6g}"
+        )
     (out / "table.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -149,13 +153,22 @@ def save_figures(out: Path, ds: xr.Dataset, analysis: xr.DataArray, channel: str
     background = ds["background"].isel(cycle).sel(channel=channel)
     field = analysis.isel(cycle).sel(channel=channel)
     maps = plot_maps(
-        {"target": target, "background": background, "analysis": field,
-         "background - target": background - target, "analysis - target": field - target},
-        out / "maps.png", title=f"{channel}, last cycle",
-        diverging=("background - target", "analysis - target"))
+        {
+            "target": target,
+            "background": background,
+            "analysis": field,
+            "background - target": background - target,
+            "analysis - target": field - target,
+        },
+        out / "maps.png",
+        title=f"{channel}, last cycle",
+        diverging=("background - target", "analysis - target"),
+    )
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, pred in (("background", ds["background"]), ("analysis", analysis)):
-        k, power = radial_error_spectrum(pred.sel(channel=channel), ds["target"].sel(channel=channel))
+        k, power = radial_error_spectrum(
+            pred.sel(channel=channel), ds["target"].sel(channel=channel)
+        )
         ax.loglog(k, power, label=f"{label} - target")
     ax.set_xlabel("wavenumber (grid-index units)")
     ax.set_ylabel("error power")
@@ -173,8 +186,9 @@ def radial_error_spectrum(pred: xr.DataArray, truth: xr.DataArray) -> tuple[np.n
     error = (pred - truth).transpose(..., *schema.SPATIAL_DIMS).values.astype(np.float64)
     power = (np.abs(np.fft.fft2(error)) ** 2).reshape(-1, *error.shape[-2:]).mean(axis=0)
     n_lat, n_lon = power.shape
-    k = np.hypot(*np.meshgrid(np.fft.fftfreq(n_lat) * n_lat, np.fft.fftfreq(n_lon) * n_lon,
-                              indexing="ij"))
+    k = np.hypot(
+        *np.meshgrid(np.fft.fftfreq(n_lat) * n_lat, np.fft.fftfreq(n_lon) * n_lon, indexing="ij")
+    )
     bins = np.round(k).astype(int).ravel()
     sums = np.bincount(bins, weights=power.ravel())
     counts = np.bincount(bins)
@@ -202,8 +216,13 @@ def run(args: argparse.Namespace) -> dict:
     per_seed = [per_cycle_rows(a, ds["target"], stats) for a in analyses]
     summary = summarise(per_seed, args.bootstrap)
     out = Path(args.out)
-    meta = {"dataset": str(args.dataset), "split": args.split, "n_cycles": ds.sizes["time"],
-            "n_seeds": len(models), "checkpoints": args.checkpoint or []}
+    meta = {
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "n_cycles": ds.sizes["time"],
+        "n_seeds": len(models),
+        "checkpoints": args.checkpoint or [],
+    }
     write_results(out, name, summary, meta)
     channel = args.channel if args.channel in ds.channel.values else str(ds.channel.values[0])
     save_figures(out, ds, analyses[0], channel)
@@ -226,8 +245,10 @@ def leaderboard(paths: list[str], out: str | None, n_resamples: int = 1000) -> s
             diff = np.array(row[column]["per_cycle"]) - np.array(rows[best][column]["per_cycle"])
             low, high = bootstrap_ci(diff, n_resamples)
             verdict = "not distinguishable from" if low <= 0 <= high else "worse than"
-            notes.append(f"- {name}: {verdict} {best} on MSE (paired 95 % interval of the "
-                         f"difference [{low:.4g}, {high:.4g}])")
+            notes.append(
+                f"- {name}: {verdict} {best} on MSE (paired 95 % interval of the "
+                f"difference [{low:.4g}, {high:.4g}])"
+            )
         text += "\n\n" + "\n".join(notes)
     if out:
         Path(out).write_text(text + "\n")

@@ -36,7 +36,9 @@ def learning_rate(step: int, total_steps: int, cfg) -> float:
     if step < warmup:
         return cfg.lr_start + (cfg.lr_peak - cfg.lr_start) * step / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
-    return cfg.lr_end + 0.5 * (cfg.lr_peak - cfg.lr_end) * (1 + math.cos(math.pi * min(progress, 1)))
+    return cfg.lr_end + 0.5 * (cfg.lr_peak - cfg.lr_end) * (
+        1 + math.cos(math.pi * min(progress, 1))
+    )
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -46,8 +48,9 @@ class EpochSampler(torch.utils.data.Sampler):
     samples so every rank gets the same number of steps.
     """
 
-    def __init__(self, n: int, *, rank: int = 0, world: int = 1, seed: int = 0,
-                 shuffle: bool = True):
+    def __init__(
+        self, n: int, *, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True
+    ):
         self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world, seed, shuffle
         self.epoch = 0
 
@@ -93,10 +96,15 @@ def make_loaders(cfg: RunConfig, rank: int, world: int):
     val_ds = open_dataset(cfg.task.dataset, split="validation")
     stats = stats_from_attrs(train_ds)
     sampler = EpochSampler(train_ds.sizes["time"], rank=rank, world=world, seed=cfg.train.seed)
-    common = {"num_workers": cfg.task.num_workers, "seed": cfg.train.seed, "stats": stats,
-              "patch": cfg.task.patch}
-    train = make_dataloader(train_ds, batch_size=cfg.task.batch_size, train=True,
-                            sampler=sampler, **common)
+    common = {
+        "num_workers": cfg.task.num_workers,
+        "seed": cfg.train.seed,
+        "stats": stats,
+        "patch": cfg.task.patch,
+    }
+    train = make_dataloader(
+        train_ds, batch_size=cfg.task.batch_size, train=True, sampler=sampler, **common
+    )
     val = make_dataloader(val_ds, batch_size=cfg.task.batch_size, train=False, **common)
     return train, val, sampler, train_ds.sizes["channel"]
 
@@ -121,7 +129,9 @@ def validate(model, loader, device) -> dict[str, float]:
         for raw in loader:
             batch = DABatch.from_loader(raw).to(device)
             totals["loss"] += float(model.loss(batch).loss) * batch.shape[0]
-            totals["mse"] += float(((model(batch).mean - batch.target) ** 2).mean()) * batch.shape[0]
+            totals["mse"] += (
+                float(((model(batch).mean - batch.target) ** 2).mean()) * batch.shape[0]
+            )
             count += batch.shape[0]
     model.train()
     return {name: value / max(count, 1) for name, value in totals.items()}
@@ -131,15 +141,15 @@ def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
     """Train (or resume) and return the final record (epoch, losses, best validation loss)."""
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
     train_loader, val_loader, sampler, n_channels = make_loaders(cfg, rank, world)
     kwargs = {"in_chans": n_channels, **cfg.model.kwargs}
     model = create_model(cfg.model.name, **kwargs).to(device)
     trainer = LossModule(model)
     if world > 1:
         trainer = torch.nn.parallel.DistributedDataParallel(trainer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr_start,
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr_start, weight_decay=cfg.train.weight_decay
+    )
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     out = Path(cfg.train.out)
@@ -184,18 +194,35 @@ def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
         metrics = validate(model, val_loader, device)
-        record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-                  "val_loss": metrics["loss"], "val_mse": metrics["mse"],
-                  "lr": learning_rate(step - 1, total_steps, cfg.train)}
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": metrics["loss"],
+            "val_mse": metrics["mse"],
+            "lr": learning_rate(step - 1, total_steps, cfg.train),
+        }
         if rank == 0:
             _log(out / "log.jsonl", record)
             if metrics["loss"] < best:
                 best = metrics["loss"]
-                _checkpoint(out / "checkpoints" / "best.pt", model=model.state_dict(),
-                            epoch=epoch, val_loss=best, config=cfg.to_dict())
-            _checkpoint(last, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict(), epoch=epoch, step=step, best=best,
-                        config=cfg.to_dict())
+                _checkpoint(
+                    out / "checkpoints" / "best.pt",
+                    model=model.state_dict(),
+                    epoch=epoch,
+                    val_loss=best,
+                    config=cfg.to_dict(),
+                )
+            _checkpoint(
+                last,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict(),
+                epoch=epoch,
+                step=step,
+                best=best,
+                config=cfg.to_dict(),
+            )
         if world > 1:
             dist.barrier()
     record["best_val_loss"] = best
@@ -218,8 +245,12 @@ def _save_run_info(out: Path, cfg: RunConfig, n_channels: int) -> None:
 
     import dambench
 
-    info = {"config": cfg.to_dict(), "dambench_version": dambench.__version__,
-            "n_channels": n_channels, "torch_version": torch.__version__}
+    info = {
+        "config": cfg.to_dict(),
+        "dambench_version": dambench.__version__,
+        "n_channels": n_channels,
+        "torch_version": torch.__version__,
+    }
     (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=True))
 
 

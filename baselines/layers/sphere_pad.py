@@ -25,7 +25,9 @@ def pad_sphere(x: torch.Tensor, lat: int, lon: int) -> torch.Tensor:
     return x
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad (..., H, W) on the sphere so H and W are multiples of ``multiple``.
 
     Returns the padded tensor and ``(top, bottom, left, right)`` for :func:`crop`.
@@ -37,8 +39,11 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     bottom, right = extra_h - top, extra_w - left
     padded = pad_sphere(x, max(top, bottom), max(left, right))
     big_lat, big_lon = max(top, bottom), max(left, right)
-    padded = padded[..., big_lat - top : padded.shape[-2] - (big_lat - bottom),
-                    big_lon - left : padded.shape[-1] - (big_lon - right)]
+    padded = padded[
+        ...,
+        big_lat - top : padded.shape[-2] - (big_lat - bottom),
+        big_lon - left : padded.shape[-1] - (big_lon - right),
+    ]
     return padded, (top, bottom, left, right)
 
 

@@ -21,7 +21,9 @@ def test_paper_schedule_golden_points():
 
 def test_config_is_strict_and_overridable(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("task: {dataset: era5-sample}\nmodel: {name: convcnp_tiny}\ntrain: {epochs: 2}\n")
+    path.write_text(
+        "task: {dataset: era5-sample}\nmodel: {name: convcnp_tiny}\ntrain: {epochs: 2}\n"
+    )
     cfg = load_run_config(path, ["train.epochs=5", "model.kwargs.embed_dim=8"])
     assert cfg.train.epochs == 5 and cfg.model.kwargs == {"embed_dim": 8}
     path.write_text("model: {name: x}\ntrain: {epoch: 2}\n")

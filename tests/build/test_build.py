@@ -14,8 +14,11 @@ from dambench.load import open_dataset, stats_from_attrs
 
 
 def tree_digest(folder):
-    return {p.relative_to(folder).as_posix(): sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +29,12 @@ def built(tmp_path_factory):
 def test_layout_of_a_built_folder(built):
     names = {p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file()}
     assert {"README.md", "stats.json", "manifest.json"} <= names
-    assert {"data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
-            "data/validation-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"} <= names
+    assert {
+        "data/train-00000-of-00002.parquet",
+        "data/train-00001-of-00002.parquet",
+        "data/validation-00000-of-00001.parquet",
+        "data/test-00000-of-00001.parquet",
+    } <= names
     assert not any(name.startswith(".dambench-build") for name in names)
     manifest = json.loads((built / "manifest.json").read_text())
     assert set(manifest["files"]) == names - {"manifest.json"}
@@ -51,8 +58,9 @@ def test_store_content_and_provenance(built):
     splits = ds["split"].values.tolist()
     assert splits.count("test") == 7 and splits.count("validation") == 3
     # persistence: the background of cycle i + 3 is the target of cycle i
-    np.testing.assert_array_equal(ds["background"].isel(time=5).values,
-                                  ds["target"].isel(time=2).values)
+    np.testing.assert_array_equal(
+        ds["background"].isel(time=5).values, ds["target"].isel(time=2).values
+    )
     # stored observations: 5 % of points, NaN elsewhere, close to the target where observed
     obs = ds["observation"].isel(time=0).values
     assert abs(np.isfinite(obs).mean() - 0.05) < 0.005
@@ -79,9 +87,10 @@ def test_stats_equal_recomputation_from_train(built):
     train = open_dataset(built, split="train")["target"].values.astype(np.float64)
     np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 2, 3)), rtol=1e-10)
     np.testing.assert_allclose(stats["std"], train.std(axis=(0, 2, 3)), rtol=1e-8)
-    xr.testing.assert_allclose(stats_from_attrs(open_dataset(built))["mean"],
-                               xr.DataArray(stats["mean"], dims="channel",
-                                            coords={"channel": stats["channels"]}))
+    xr.testing.assert_allclose(
+        stats_from_attrs(open_dataset(built))["mean"],
+        xr.DataArray(stats["mean"], dims="channel", coords={"channel": stats["channels"]}),
+    )
 
 
 def test_datasets_and_xarray_give_identical_arrays(built):
@@ -92,7 +101,9 @@ def test_datasets_and_xarray_give_identical_arrays(built):
     assert len(table) == ds.sizes["time"]
     for name in ("target", "background", "observation", "precip", "precip_gauges"):
         np.testing.assert_array_equal(np.stack(table[name]), ds[name].values)
-    np.testing.assert_array_equal(np.asarray(table["time"]).astype("datetime64[ns]"), ds.time.values)
+    np.testing.assert_array_equal(
+        np.asarray(table["time"]).astype("datetime64[ns]"), ds.time.values
+    )
     streamed = load_dataset(str(built), split="test", streaming=True).with_format("numpy")
     test = open_dataset(built, split="test").load()
     rows = list(streamed)
@@ -175,7 +186,8 @@ def test_resolve_locations(built):
 
     assert resolve("era5-fengwu") == "hf://datasets/dambench/era5-fengwu/era5-fengwu.zarr"
     assert resolve("hf://datasets/dambench/era5-sample") == (
-        "hf://datasets/dambench/era5-sample/era5-sample.zarr")
+        "hf://datasets/dambench/era5-sample/era5-sample.zarr"
+    )
     assert resolve(built).endswith("era5-sample.zarr")
     with pytest.raises(DambenchInputError, match="neither a dataset name"):
         resolve("no-such-thing")

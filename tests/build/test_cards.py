@@ -4,9 +4,20 @@ from dambench.build.cards import fill, front_matter, render_card, template_text,
 from dambench.exceptions import DambenchInputError
 
 CONTEXT_KEYS = {
-    "name", "title", "dambench_version", "channels", "n_channels", "n_cycles", "n_cycles_train",
-    "n_cycles_validation", "n_cycles_test", "first_cycle", "last_cycle", "size_human",
-    "background", "build_date",
+    "name",
+    "title",
+    "dambench_version",
+    "channels",
+    "n_channels",
+    "n_cycles",
+    "n_cycles_train",
+    "n_cycles_validation",
+    "n_cycles_test",
+    "first_cycle",
+    "last_cycle",
+    "size_human",
+    "background",
+    "build_date",
 }
 
 
@@ -14,8 +25,9 @@ CONTEXT_KEYS = {
 def test_templates_use_only_tokens_the_builder_fills(name):
     tokens = template_tokens(template_text(name))
     assert tokens and tokens <= CONTEXT_KEYS
-    text = render_card(name, {k: f"<{k}>" for k in CONTEXT_KEYS},
-                       {"train": [], "validation": [], "test": []})
+    text = render_card(
+        name, {k: f"<{k}>" for k in CONTEXT_KEYS}, {"train": [], "validation": [], "test": []}
+    )
     assert "{{" not in text and "<n_cycles_test>" in text
 
 
@@ -27,8 +39,9 @@ def test_missing_token_is_named():
 def test_front_matter_loads_with_huggingface_hub(tmp_path):
     from huggingface_hub import DatasetCard
 
-    head = front_matter({"train": [], "test": []}, license="cc-by-4.0", pretty_name='A "b"',
-                        n_rows=12)
+    head = front_matter(
+        {"train": [], "test": []}, license="cc-by-4.0", pretty_name='A "b"', n_rows=12
+    )
     (tmp_path / "README.md").write_text(head + "\n# body\n")
     card = DatasetCard.load(tmp_path / "README.md")
     data = card.data.to_dict()

@@ -39,7 +39,9 @@ def test_verify_names_tampered_missing_and_extra_files(copy):
     data = bytearray(target.read_bytes())
     data[100] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=r"changed files \['data/test-00000-of-00001.parquet'\]"):
+    with pytest.raises(
+        ManifestError, match=r"changed files \['data/test-00000-of-00001.parquet'\]"
+    ):
         verify_manifest(copy)
     (copy / "stats.json").unlink()
     (copy / "notes.txt").write_text("extra")
