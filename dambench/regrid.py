@@ -255,6 +255,18 @@ class Regridder:
         return one(obj)
 
 
+def on_grid(obj: xr.DataArray | xr.Dataset, grid: Grid = CANONICAL_GRID) -> bool:
+    """Whether ``obj``'s latitude and longitude are exactly ``grid``'s (within 1e-3 degrees)."""
+    lat = np.asarray(obj[schema.LATITUDE].values, dtype=np.float64)
+    lon = np.asarray(obj[schema.LONGITUDE].values, dtype=np.float64)
+    return (
+        lat.shape == grid.latitude.shape
+        and lon.shape == grid.longitude.shape
+        and np.allclose(lat, grid.latitude, atol=schema.GRID_ATOL_DEG, rtol=0)
+        and np.allclose(lon, grid.longitude, atol=schema.GRID_ATOL_DEG, rtol=0)
+    )
+
+
 def _output_dtype(dtype: np.dtype, method: str) -> np.dtype:
     if method == "sum" or not np.issubdtype(dtype, np.floating):
         return np.dtype(np.float64)
@@ -267,7 +279,10 @@ def regrid(
     method: Method = "conservative",
     min_coverage: float = 0.5,
 ):
-    """Conservatively regrid ``obj`` (any regular lat-lon grid) to ``grid``, in canonical form."""
+    """Conservatively regrid ``obj`` (any regular lat-lon grid) to ``grid``, in canonical form
+    (returned as it is when already on ``grid``)."""
     obj = to_canonical(obj)
+    if on_grid(obj, grid):
+        return obj
     regridder = Regridder(obj[schema.LATITUDE].values, obj[schema.LONGITUDE].values, grid)
     return regridder(obj, method=method, min_coverage=min_coverage)

@@ -37,7 +37,7 @@ from dambench import schema
 from dambench.channels import channel_coords, check_channel_names
 from dambench.exceptions import DambenchInputError, DambenchSchemaError
 from dambench.grid import Grid, to_canonical
-from dambench.regrid import regrid
+from dambench.regrid import on_grid, regrid
 
 TimesLike: TypeAlias = (
     str
@@ -190,18 +190,6 @@ def format_times(times: Sequence[Any] | pd.DatetimeIndex, limit: int = 6) -> str
 
 
 # --- finishing the result ---------------------------------------------------------------------
-
-
-def on_grid(field: xr.DataArray | xr.Dataset, grid: Grid) -> bool:
-    """True when ``field``'s latitude and longitude are those of ``grid`` (canonical order)."""
-    lat = np.asarray(field[schema.LATITUDE].values, dtype=np.float64)
-    lon = np.asarray(field[schema.LONGITUDE].values, dtype=np.float64)
-    return (
-        lat.shape == grid.latitude.shape
-        and lon.shape == grid.longitude.shape
-        and bool(np.allclose(lat, grid.latitude, atol=schema.GRID_ATOL_DEG))
-        and bool(np.allclose(lon, grid.longitude, atol=schema.GRID_ATOL_DEG))
-    )
 
 
 def finish_background(

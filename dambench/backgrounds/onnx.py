@@ -35,7 +35,6 @@ from dambench.backgrounds.base import (
     BackgroundBase,
     as_times,
     format_times,
-    on_grid,
 )
 from dambench.exceptions import (
     DambenchInputError,
@@ -43,7 +42,7 @@ from dambench.exceptions import (
     MissingDependencyError,
 )
 from dambench.grid import CANONICAL_GRID, Grid, to_canonical
-from dambench.regrid import Method, regrid
+from dambench.regrid import Method, on_grid, regrid
 from dambench.sources.base import PathLike, local_copy
 
 logger = logging.getLogger(__name__)

@@ -134,16 +134,24 @@ def build(
         raise DambenchInputError(f"Config {config.name}: no cycle falls in any split.")
     state = out / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    writers.atomic_write_json(state / "config.json", {"digest": config.digest(),
-                                                      "config": config.to_dict()})
+    writers.atomic_write_json(
+        state / "config.json", {"digest": config.digest(), "config": config.to_dict()}
+    )
     writers.atomic_write_json(state / "plan.json", plan.to_dict())
     store = out / f"{config.name}.zarr"
     modalities = _modality_names(config)
     if not (state / "store-created").exists():
         if store.exists():
             shutil.rmtree(store)
-        writers.create_store(store, plan.cycles, plan.splits, config.channels, modalities,
-                             config.cycles_per_shard, _store_attrs(config, recipe))
+        writers.create_store(
+            store,
+            plan.cycles,
+            plan.splits,
+            config.channels,
+            modalities,
+            config.cycles_per_shard,
+            _store_attrs(config, recipe),
+        )
         (state / "store-created").touch()
     cycle_index = _cycle_index(recipe.cycles, plan.cycles)
     _write_shards(recipe, plan, store, state, cycle_index, workers, scheduler, verbose)
@@ -249,8 +257,9 @@ def _write_parquet(plan, store, out, config, modalities, verbose) -> None:
     features = writers.hf_features(len(config.channels), modalities)
     ds = xr.open_zarr(store, consolidated=False)
     fields = [*writers.STATE_FIELDS, *modalities]
-    for relative, indices in tqdm(plan.parquet_files.items(), desc="parquet", unit="file",
-                                  disable=not verbose):
+    for relative, indices in tqdm(
+        plan.parquet_files.items(), desc="parquet", unit="file", disable=not verbose
+    ):
         path = out / relative
         if path.exists():
             continue
@@ -318,7 +327,7 @@ def _write_card(out: Path, config: BuildConfig, plan: BuildPlan, recipe) -> None
         "background": recipe.attrs.get("background", ""),
         "build_date": str(plan.cycles[-1].date()),
     }
-    write_card(out, config.name, context, splits)
+    write_card(out, config.name, context, splits, license=config.license)
 
 
 def _human_size(n_bytes: int) -> str:
@@ -345,10 +354,13 @@ def _write_manifest(out: Path, config: BuildConfig) -> None:
         relative = path.relative_to(out).as_posix()
         if path.is_file() and not relative.startswith(STATE_DIR) and relative != MANIFEST:
             files[relative] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    writers.atomic_write_json(out / MANIFEST, {
-        "name": config.name,
-        "schema_version": schema.SCHEMA_VERSION,
-        "dambench_version": __version__,
-        "config_digest": config.digest(),
-        "files": files,
-    })
+    writers.atomic_write_json(
+        out / MANIFEST,
+        {
+            "name": config.name,
+            "schema_version": schema.SCHEMA_VERSION,
+            "dambench_version": __version__,
+            "config_digest": config.digest(),
+            "files": files,
+        },
+    )

@@ -1,88 +1,531 @@
-"""Dataset cards: the ``README.md`` of a built folder, from ``dataset_cards/NAME.md``.
+"""Dataset cards: the ``README.md`` of a built dataset folder.
 
-A template is Markdown with ``{{ token }}`` placeholders filled from the build (never typed by
-hand). The YAML front matter declares the Parquet splits as ``configs`` so that
-``load_dataset(folder)`` and the Hub find them, plus licence, tags and size category.
+A card is the Markdown template ``dataset_cards/NAME.md`` (one source of truth, in the repository
+root; wheels ship it as the package data ``dambench.dataset_cards``) with ``{{ token }}``
+placeholders, filled from the build, under a YAML front matter that the Hugging Face Hub and
+``datasets`` read:
+
+- ``configs``: one ``default`` config whose ``data_files`` map each split to
+  ``data/{split}-*.parquet``, so ``load_dataset(repo_or_folder, split=...)`` finds the Parquet
+  shards and ignores the Zarr store, ``stats.json`` and ``manifest.json``;
+- ``license``, ``pretty_name``, ``task_categories``, ``tags`` and ``size_categories``.
+
+Figures are never typed in a template: the builder passes them in ``context`` (see
+:data:`CARD_TOKENS`) and :func:`render_card` derives the rest from the context and the folder
+(see :data:`DERIVED_TOKENS`). The YAML is written here, not with PyYAML (not a core dependency):
+strings are emitted as JSON strings, which YAML reads unchanged.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
+import tempfile
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
+from dambench import schema
 from dambench.exceptions import DambenchInputError
 
-TOKEN = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
-TAGS = ("weather", "climate", "data-assimilation", "era5", "benchmark", "xarray", "zarr")
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "dataset_cards"
+"""``dataset_cards/`` of a source checkout (editable installs and tests)."""
+TEMPLATE_PACKAGE = "dambench.dataset_cards"
+"""Where a wheel ships the same templates (``[tool.setuptools.package-dir]`` mapping)."""
+
+TOKEN = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SPLIT = re.compile(r"^\w+(\.\w+)*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+SPLIT_ORDER = ("train", "validation", "test")
+DEFAULT_LICENSE = "cc-by-4.0"
+TASK_CATEGORIES = ("time-series-forecasting",)
+TAGS = (
+    "weather",
+    "climate",
+    "atmosphere",
+    "data-assimilation",
+    "era5",
+    "benchmark",
+    "xarray",
+    "zarr",
+)
+
+BUILDER_TOKENS = MappingProxyType(
+    {
+        "name": "dataset name, e.g. era5-sample (also the Hub repo dambench/NAME and NAME.zarr)",
+        "title": "human title of the dataset (also the card's pretty_name)",
+        "dambench_version": "version of dambench that built the folder",
+        "channels": "comma-separated channel names in stored order",
+        "n_channels": "number of channels C",
+        "n_cycles": "number of cycles (rows) over all splits",
+        "n_cycles_train": "cycles in the train split",
+        "n_cycles_validation": "cycles in the validation split",
+        "n_cycles_test": "cycles in the test split",
+        "first_cycle": "first cycle time (UTC)",
+        "last_cycle": "last cycle time (UTC)",
+        "size_human": "size of the built folder, e.g. '12.3 MB'",
+        "background": "one-line description of how the background was made",
+        "build_date": "date recorded for the build",
+    }
+)
+"""Tokens the builder passes in ``context``."""
+
+DERIVED_TOKENS = MappingProxyType(
+    {
+        "data_years": "years spanned by the cycles ('2026' or '2000-2024'), from first/last_cycle",
+        "n_parquet_files": "number of Parquet files, from the splits",
+        "observation_pattern": "observation pattern, from the store's 'observation' attribute",
+        "observation_ratio_percent": "observed fraction in %, from the 'observation' attribute",
+        "observation_seed": "observation seed, from the 'observation' attribute",
+        "channel_table": "Markdown table: channel, variable, level, units, observation error std",
+    }
+)
+"""Tokens :func:`render_card` computes when ``context`` does not give them."""
+
+CARD_TOKENS = MappingProxyType({**BUILDER_TOKENS, **DERIVED_TOKENS})
+"""Every token a template may use, with its meaning."""
+
+_SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+)
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+def template_path(name: str) -> Path:
+    """Path of the card template of dataset ``name``.
+
+    Parameters
+    ----------
+    name
+        Dataset name, e.g. ``"era5-sample"``.
+
+    Returns
+    -------
+    ``dataset_cards/NAME.md`` of the source checkout if it exists, else the copy shipped in the
+    wheel as the package data ``dambench.dataset_cards``.
+
+    Raises
+    ------
+    DambenchInputError
+        An invalid name, or no template: the message names the expected paths.
+    """
+    if not _NAME.match(name):
+        raise DambenchInputError(f"Invalid dataset name {name!r} for a card template.")
+    filename = f"{name}.md"
+    candidates = [TEMPLATE_DIR / filename]
+    packaged = _packaged_root()
+    if packaged is not None:
+        candidates.append(Path(str(packaged.joinpath(filename))))
+    for path in candidates:
+        if path.is_file():
+            return path
+    expected = " or ".join(str(path) for path in candidates)
+    raise DambenchInputError(
+        f"No dataset card template for {name!r}: expected {expected}. "
+        f"Known templates: {available_templates() or 'none'}."
+    )
+
+
+def _packaged_root():
+    """The ``dambench.dataset_cards`` package data as an ``importlib.resources`` Traversable
+    (a namespace package without ``__init__.py``), or ``None`` when it is not installed."""
+    try:
+        return resources.files(TEMPLATE_PACKAGE)
+    except (ModuleNotFoundError, TypeError):
+        return None
+
+
+def available_templates() -> list[str]:
+    """Names of the dataset card templates that can be found."""
+    names = {p.stem for p in TEMPLATE_DIR.glob("*.md")} if TEMPLATE_DIR.is_dir() else set()
+    packaged = _packaged_root()
+    if packaged is not None and packaged.is_dir():
+        names |= {e.name[:-3] for e in packaged.iterdir() if e.name.endswith(".md")}
+    return sorted(names)
 
 
 def template_text(name: str) -> str:
-    """The card template of dataset ``name`` (``dataset_cards/NAME.md``, shipped in the wheel as
-    ``dambench.dataset_cards``)."""
-    source_tree = Path(__file__).resolve().parents[2] / "dataset_cards" / f"{name}.md"
-    if source_tree.exists():  # a source checkout (editable installs, tests)
-        return source_tree.read_text()
-    try:
-        return (resources.files("dambench.dataset_cards") / f"{name}.md").read_text()
-    except (FileNotFoundError, ModuleNotFoundError) as err:
-        raise DambenchInputError(
-            f"No dataset card template for {name!r}: expected dataset_cards/{name}.md."
-        ) from err
+    """Markdown text of the card template of dataset ``name`` (see :func:`template_path`)."""
+    return template_path(name).read_text(encoding="utf-8")
 
 
 def template_tokens(text: str) -> set[str]:
-    """The ``{{ token }}`` names a template uses."""
+    """Names of the ``{{ token }}`` placeholders in ``text``."""
     return set(TOKEN.findall(text))
 
 
-def fill(text: str, context: dict[str, str]) -> str:
-    """Replace every ``{{ token }}``; a token missing from ``context`` raises, naming it."""
+def fill(text: str, context: Mapping[str, object]) -> str:
+    """Replace every ``{{ token }}`` of ``text`` by ``str(context[token])``.
+
+    Raises
+    ------
+    DambenchInputError
+        A token missing from ``context`` (all missing tokens are named), or a malformed
+        placeholder (``{{`` or ``}}`` left over that is not a ``{{ token }}``).
+    """
     missing = sorted(template_tokens(text) - set(context))
     if missing:
         raise DambenchInputError(f"Card context lacks tokens {missing}.")
-    return TOKEN.sub(lambda m: str(context[m.group(1)]), text)
+    leftover = TOKEN.sub("", text)
+    if "{{" in leftover or "}}" in leftover:
+        line = next(ln for ln in leftover.splitlines() if "{{" in ln or "}}" in ln)
+        raise DambenchInputError(f"Malformed card placeholder near {line.strip()!r}.")
+    return TOKEN.sub(lambda match: str(context[match.group(1)]), text)
 
 
-def _size_category(n_rows: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+# --- front matter ------------------------------------------------------------------------------
+
+
+def size_category(n_rows: int) -> str:
+    """The Hub's ``size_categories`` label of a dataset of ``n_rows`` rows (``"n<1K"``, ...)."""
+    for limit, label in _SIZE_CATEGORIES:
         if n_rows < limit:
             return label
-    return "100K<n<1M"
+    return "n>1B"
 
 
-def front_matter(
-    splits: dict[str, list[str]], *, license: str, pretty_name: str, n_rows: int
+def card_metadata(
+    name: str,
+    splits: Mapping[str, Sequence[str]],
+    *,
+    license: str = DEFAULT_LICENSE,
+    pretty_name: str | None = None,
+    size_category: str | None = None,
+    tags: Sequence[str] | None = None,
+) -> dict:
+    """The YAML front matter of a dataset card, as a dict.
+
+    Parameters
+    ----------
+    name
+        Dataset name (``pretty_name`` defaults to it).
+    splits
+        Split name -> relative paths of its Parquet files (may be empty). Every path must match
+        ``data/{split}-*.parquet``, the pattern written in the card.
+    license
+        Hub licence identifier (``cc-by-4.0``).
+    pretty_name, size_category, tags
+        Hub metadata; ``size_category`` is omitted when ``None``; ``tags`` default to
+        :data:`TAGS`.
+
+    Returns
+    -------
+    dict with ``license``, ``pretty_name``, ``task_categories``, ``tags``, optionally
+    ``size_categories``, and ``configs`` (one ``default`` config, one ``data_files`` entry per
+    split, in ``splits`` order).
+
+    Raises
+    ------
+    DambenchInputError
+        No split, an invalid split name, or a file outside its split's pattern.
+    """
+    if not splits:
+        raise DambenchInputError("A dataset card needs at least one split.")
+    data_files = []
+    for split, files in splits.items():
+        data_files.append({"split": split, "path": _split_pattern(split, files)})
+    meta: dict = {
+        "license": license,
+        "pretty_name": pretty_name or name,
+        "task_categories": list(TASK_CATEGORIES),
+        "tags": list(TAGS if tags is None else tags),
+    }
+    if size_category is not None:
+        meta["size_categories"] = [size_category]
+    meta["configs"] = [{"config_name": "default", "data_files": data_files}]
+    return meta
+
+
+def _split_pattern(split: str, files: Sequence[str]) -> str:
+    if not _SPLIT.match(split):
+        raise DambenchInputError(f"Invalid split name {split!r} (letters, digits, _ and dots).")
+    pattern = f"data/{split}-*.parquet"
+    stray = [f for f in files if not fnmatch.fnmatchcase(f, pattern)]
+    if stray:
+        raise DambenchInputError(f"Files {stray} of split {split!r} do not match {pattern!r}.")
+    return pattern
+
+
+def front_matter(meta: Mapping) -> str:
+    """``---``-delimited YAML block of ``meta`` (mappings, lists, strings, numbers, booleans)."""
+    return "---\n" + "\n".join(_yaml_lines(meta, 0)) + "\n---\n"
+
+
+def _yaml_scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    raise DambenchInputError(f"Cannot write {type(value).__name__} {value!r} in a card's YAML.")
+
+
+def _yaml_key(key) -> str:
+    key = str(key)
+    return key if _PLAIN_KEY.match(key) else json.dumps(key)
+
+
+def _yaml_lines(obj, indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            head = f"{pad}{_yaml_key(key)}:"
+            if isinstance(value, Mapping | list | tuple) and value:
+                lines.append(head)
+                child = indent + 2 if isinstance(value, Mapping) else indent
+                lines += _yaml_lines(value, child)
+            elif isinstance(value, Mapping | list | tuple):
+                lines.append(f"{head} {'{}' if isinstance(value, Mapping) else '[]'}")
+            else:
+                lines.append(f"{head} {_yaml_scalar(value)}")
+        return lines
+    for item in obj:  # a non-empty sequence
+        if isinstance(item, Mapping) and item:
+            inner = _yaml_lines(item, indent + 2)
+            lines.append(f"{pad}- {inner[0][indent + 2 :]}")
+            lines += inner[1:]
+        elif isinstance(item, Mapping | list | tuple):
+            raise DambenchInputError("Nested or empty sequences are not supported in card YAML.")
+        else:
+            lines.append(f"{pad}- {_yaml_scalar(item)}")
+    return lines
+
+
+# --- derived tokens ----------------------------------------------------------------------------
+
+
+def splits_from_folder(folder: str | Path) -> dict[str, list[str]]:
+    """Split name -> Parquet files found as ``folder/data/{split}-*.parquet``, train first.
+
+    Raises
+    ------
+    DambenchInputError
+        ``folder/data`` holds no Parquet file.
+    """
+    folder = Path(folder)
+    found: dict[str, list[str]] = {}
+    for path in sorted((folder / "data").glob("*.parquet")):
+        split = path.name.split("-", 1)[0]
+        found.setdefault(split, []).append(path.relative_to(folder).as_posix())
+    if not found:
+        raise DambenchInputError(f"No Parquet file in {folder / 'data'}: cannot list the splits.")
+    order = [s for s in SPLIT_ORDER if s in found] + sorted(set(found) - set(SPLIT_ORDER))
+    return {split: found[split] for split in order}
+
+
+def observation_spec(folder: str | Path, name: str) -> dict:
+    """The observation operator's parameters recorded in ``folder/NAME.zarr`` (root attribute
+    ``observation``, a JSON string or a mapping).
+
+    Raises
+    ------
+    DambenchInputError
+        No store metadata, or no ``observation`` attribute in it.
+    """
+    path = Path(folder) / f"{name}.zarr" / "zarr.json"
+    try:
+        attrs = json.loads(path.read_text(encoding="utf-8")).get("attributes", {})
+    except (OSError, ValueError) as err:
+        raise DambenchInputError(
+            f"Cannot read the observation parameters from {path} ({err}); pass the card tokens "
+            "observation_pattern, observation_ratio_percent, observation_seed and channel_table "
+            "in the context."
+        ) from err
+    spec = attrs.get("observation")
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    if not isinstance(spec, Mapping):
+        raise DambenchInputError(f"{path} has no 'observation' attribute.")
+    return dict(spec)
+
+
+def noise_by_channel(channels: Sequence[str], noise) -> dict[str, float]:
+    """Observation-error standard deviation of each channel for an ``observe(noise=...)`` value.
+
+    ``"default"`` is :data:`dambench.schema.OBSERVATION_ERROR_STD`; a number applies to every
+    channel; a mapping gives each channel; ``None`` or ``0`` means noise-free.
+    """
+    if noise in (None, 0, 0.0):
+        return dict.fromkeys(channels, 0.0)
+    if noise == "default":
+        return {c: schema.OBSERVATION_ERROR_STD[c] for c in channels}
+    if isinstance(noise, Mapping):
+        return {c: float(noise[c]) for c in channels}
+    return dict.fromkeys(channels, float(noise))
+
+
+def channel_table(channels: Sequence[str], noise="default") -> str:
+    """Markdown table of the channels in stored order, with units and observation error."""
+    std = noise_by_channel(channels, noise)
+    rows = [
+        "| index | channel | variable | level (hPa) | units | observation error std |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, channel in enumerate(channels):
+        info = schema.VARIABLES[schema.CHANNEL_VARIABLE[channel]]
+        level = schema.CHANNEL_LEVEL[channel]
+        rows.append(
+            f"| {i} | `{channel}` | {info.long_name} | {'surface' if level is None else level} "
+            f"| {info.units} | {std[channel]:g} |"
+        )
+    return "\n".join(rows)
+
+
+def _data_years(context: Mapping[str, object]) -> str:
+    first, last = (str(context[k])[:4] for k in ("first_cycle", "last_cycle"))
+    return first if first == last else f"{first}-{last}"
+
+
+def derived_context(
+    name: str,
+    folder: str | Path | None,
+    context: Mapping[str, object],
+    splits: Mapping[str, Sequence[str]],
+    needed: set[str],
+) -> dict[str, str]:
+    """Values of the :data:`DERIVED_TOKENS` in ``needed`` that ``context`` does not give.
+
+    ``data_years`` needs ``first_cycle``/``last_cycle``; ``channel_table`` needs ``channels``;
+    the observation tokens need ``folder/NAME.zarr`` (see :func:`observation_spec`).
+    """
+    wanted = (set(needed) & set(DERIVED_TOKENS)) - set(context)
+    out: dict[str, str] = {}
+    if "data_years" in wanted and {"first_cycle", "last_cycle"} <= set(context):
+        out["data_years"] = _data_years(context)
+    if "n_parquet_files" in wanted:
+        out["n_parquet_files"] = str(sum(len(files) for files in splits.values()))
+    observation_tokens = {
+        "observation_pattern",
+        "observation_ratio_percent",
+        "observation_seed",
+        "channel_table",
+    }
+    if wanted & observation_tokens and folder is not None:
+        spec = observation_spec(folder, name)
+        out["observation_pattern"] = str(spec.get("pattern", schema.DEFAULT_OBSERVATION_PATTERN))
+        ratio = float(spec.get("ratio", schema.DEFAULT_OBSERVATION_RATIO))
+        out["observation_ratio_percent"] = f"{100 * ratio:g}"
+        out["observation_seed"] = str(spec.get("seed", schema.DEFAULT_OBSERVATION_SEED))
+        if "channels" in context:
+            channels = [c.strip() for c in str(context["channels"]).split(",") if c.strip()]
+            out["channel_table"] = channel_table(channels, spec.get("noise", "default"))
+    return {k: v for k, v in out.items() if k in wanted}
+
+
+# --- rendering and writing ---------------------------------------------------------------------
+
+
+def render_card(
+    name: str,
+    folder: str | Path | None,
+    context: Mapping[str, object],
+    *,
+    splits: Mapping[str, Sequence[str]] | None = None,
+    license: str = DEFAULT_LICENSE,
+    pretty_name: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> str:
-    """YAML front matter (block style; strings quoted as JSON, which YAML reads the same)."""
-    lines = ["---", f"license: {license}", f"pretty_name: {json.dumps(pretty_name)}"]
-    lines += ["task_categories:", "- time-series-forecasting", "tags:"]
-    lines += [f"- {tag}" for tag in TAGS]
-    lines += ["size_categories:", f"- {json.dumps(_size_category(n_rows))}"]
-    lines += ["configs:", "- config_name: default", "  data_files:"]
-    for split in splits:
-        lines += [f"  - split: {split}", f"    path: {json.dumps(f'data/{split}-*.parquet')}"]
-    lines.append("---")
-    return "\n".join(lines) + "\n"
+    """The full ``README.md`` text of a built folder: YAML front matter and the filled template.
+
+    Parameters
+    ----------
+    name
+        Dataset name; the template is ``dataset_cards/NAME.md``.
+    folder
+        The built folder: the source of the splits (``data/*.parquet``, when ``splits`` is
+        ``None``) and of the observation parameters (``NAME.zarr``) for derived tokens. May be
+        ``None`` when ``splits`` is given and ``context`` holds every token.
+    context
+        Token -> value (see :data:`CARD_TOKENS`); values are written with ``str``.
+    splits
+        Split name -> Parquet files (default: found in ``folder``).
+    license, pretty_name, tags
+        Front matter (``pretty_name`` defaults to ``context["title"]``, then ``name``).
+
+    Returns
+    -------
+    The card text, ending with a newline.
+
+    Raises
+    ------
+    DambenchInputError
+        No template, a token that is neither in ``context`` nor derivable (named), bad splits.
+    """
+    text = template_text(name)
+    if splits is None:
+        if folder is None:
+            raise DambenchInputError("render_card needs a folder or explicit splits.")
+        splits = splits_from_folder(folder)
+    values = {k: str(v) for k, v in context.items()}
+    values.update(derived_context(name, folder, values, splits, template_tokens(text)))
+    body = fill(text, values)
+    meta = card_metadata(
+        name,
+        splits,
+        license=license,
+        pretty_name=pretty_name or values.get("title") or name,
+        size_category=_size_label(values),
+        tags=tags,
+    )
+    return front_matter(meta) + "\n" + body.rstrip("\n") + "\n"
 
 
-def render_card(name: str, context: dict[str, str], splits: dict[str, list[str]], *,
-                license: str = "cc-by-4.0") -> str:
-    """The full ``README.md`` text: front matter and the filled template."""
-    counts = [str(context.get(f"n_cycles_{split}", "")) for split in splits]
-    n_rows = sum(int(c) for c in counts if c.isdigit())
-    head = front_matter(splits, license=license, pretty_name=context.get("title", name),
-                        n_rows=n_rows)
-    return head + "\n" + fill(template_text(name), context)
+def _size_label(values: Mapping[str, str]) -> str | None:
+    n = values.get("n_cycles", "")
+    return size_category(int(n)) if n.isdigit() else None
 
 
-def write_card(folder: Path, name: str, context: dict[str, str], splits: dict[str, list[str]],
-               *, license: str = "cc-by-4.0") -> Path:
-    """Write ``folder/README.md`` atomically."""
-    path = Path(folder) / "README.md"
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text(render_card(name, context, splits, license=license))
-    os.replace(tmp, path)
+def write_card(
+    folder: str | Path,
+    name: str,
+    context: Mapping[str, object],
+    splits: Mapping[str, Sequence[str]] | None = None,
+    *,
+    license: str = DEFAULT_LICENSE,
+    pretty_name: str | None = None,
+    tags: Sequence[str] | None = None,
+) -> Path:
+    """Render the card (see :func:`render_card`) and write ``folder/README.md`` atomically.
+
+    The text goes to a hidden temporary file in ``folder`` and is renamed over ``README.md``, so
+    a reader never sees a half-written card.
+
+    Returns
+    -------
+    Path of ``README.md``.
+    """
+    folder = Path(folder)
+    text = render_card(
+        name, folder, context, splits=splits, license=license, pretty_name=pretty_name, tags=tags
+    )
+    return _atomic_write_text(folder / "README.md", text)
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

@@ -19,8 +19,19 @@ from dambench.exceptions import DambenchInputError
 
 RECIPES = ("era5-sample", "era5-fengwu")
 _KEYS = {
-    "name", "title", "recipe", "channels", "splits", "background", "observation", "modalities",
-    "inputs", "cycles_per_shard", "cycles_per_parquet_file", "license", "sources",
+    "name",
+    "title",
+    "recipe",
+    "channels",
+    "splits",
+    "background",
+    "observation",
+    "modalities",
+    "inputs",
+    "cycles_per_shard",
+    "cycles_per_parquet_file",
+    "license",
+    "sources",
 }
 _REQUIRED = {"name", "recipe", "channels", "splits", "background", "observation"}
 
@@ -86,7 +97,9 @@ class BuildConfig:
 def available_configs() -> list[str]:
     """Names of the configurations shipped with dambench."""
     folder = resources.files("dambench.build") / "configs"
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+    return sorted(
+        p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")
+    )
 
 
 def load_config(name_or_path: str | Path, **overrides: Any) -> BuildConfig:
@@ -94,7 +107,9 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> BuildConfig:
     (``None`` values are ignored)."""
     text = str(name_or_path)
     if text in available_configs():
-        raw = json.loads((resources.files("dambench.build") / "configs" / f"{text}.json").read_text())
+        raw = json.loads(
+            (resources.files("dambench.build") / "configs" / f"{text}.json").read_text()
+        )
     elif Path(text).is_file():
         try:
             raw = json.loads(Path(text).read_text())

@@ -154,7 +154,10 @@ class FengwuRecipe:
         first, last = _split_span(config.splits)
         self.cycles = daily_cycles(first, last)
         self.splits = split_labels(self.cycles, config.splits)
-        self.era5 = open_era5(inputs["era5"], channels=config.channels)
+        # the forecaster reads ERA5 on its own grid (0.25 deg from ARCO-ERA5 keeps FengWu's native
+        # input); targets are the conservative regridding to the benchmark grid
+        self.era5_native = open_era5(inputs["era5"], channels=config.channels, grid=None)
+        self.era5 = regrid(self.era5_native)
         self.background_source = self._forecaster(config.background)
         self.report = None
         self.modalities = self._modalities(inputs)
@@ -184,7 +187,7 @@ class FengwuRecipe:
             spec["model"],
             mean=mean,
             std=std,
-            analysis=lambda times: self.era5.sel({schema.TIME: times}),
+            analysis=lambda times: self.era5_native.sel({schema.TIME: times}),
             channels=tuple(spec.get("channels", self.config.channels)),
             model_grid=Grid(grid_deg) if grid_deg else None,
             lead_hours=spec.get("lead_hours", 24),

@@ -66,8 +66,12 @@ def create_store(
             for name, coord in channel_coords(channels).items()
         },
         "standard_name": xr.DataArray(
-            np.array([schema.VARIABLES[schema.CHANNEL_VARIABLE[c]].standard_name for c in channels],
-                     dtype=object), dims=schema.CHANNEL),
+            np.array(
+                [schema.VARIABLES[schema.CHANNEL_VARIABLE[c]].standard_name for c in channels],
+                dtype=object,
+            ),
+            dims=schema.CHANNEL,
+        ),
         **CANONICAL_GRID.coords(),
     }
     variables = {}
@@ -87,8 +91,7 @@ def create_store(
         encoding[name] = _encoding((1, h, w), (cycles_per_shard, h, w))
     ds = xr.Dataset(variables, coords=coords, attrs=attrs)
     ds[schema.TIME].encoding = {"units": "hours since 1970-01-01", "dtype": "int64"}
-    ds.to_zarr(path, mode="w-", compute=False, encoding=encoding, consolidated=False,
-               zarr_format=3)
+    ds.to_zarr(path, mode="w-", compute=False, encoding=encoding, consolidated=False, zarr_format=3)
 
 
 def _lazy_nan(shape):

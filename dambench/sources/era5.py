@@ -70,7 +70,7 @@ def open_era5(
     stacked = to_channels(per_variable, channels)
     if times is not None:
         stacked = select_times(stacked, times, source)
-    if grid is not None and not _on_grid(stacked, grid):
+    if grid is not None:
         stacked = regrid(stacked, grid)
     stacked.attrs = {"source": source}
     return stacked
@@ -151,14 +151,3 @@ def _check_levels(field: xr.DataArray, var: str, wanted: Sequence[str], source: 
         raise DambenchSchemaError(
             f"{source}: variable {var!r} lacks levels {missing} hPa; it has {sorted(have)}."
         )
-
-
-def _on_grid(field: xr.DataArray, grid: Grid) -> bool:
-    lat = field[schema.LATITUDE].values
-    lon = field[schema.LONGITUDE].values
-    return (
-        lat.shape == grid.latitude.shape
-        and lon.shape == grid.longitude.shape
-        and np.allclose(lat, grid.latitude, atol=schema.GRID_ATOL_DEG)
-        and np.allclose(lon, grid.longitude, atol=schema.GRID_ATOL_DEG)
-    )

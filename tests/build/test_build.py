@@ -97,7 +97,8 @@ def test_datasets_and_xarray_give_identical_arrays(built):
     from datasets import load_dataset
 
     ds = open_dataset(built, split="validation").load()
-    table = load_dataset(str(built), split="validation").with_format("numpy")
+    cache = str(built.parent / "hf-cache")
+    table = load_dataset(str(built), split="validation", cache_dir=cache).with_format("numpy")
     assert len(table) == ds.sizes["time"]
     for name in ("target", "background", "observation", "precip", "precip_gauges"):
         np.testing.assert_array_equal(np.stack(table[name]), ds[name].values)
