@@ -89,7 +89,6 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 def make_loaders(cfg: RunConfig, rank: int, world: int):
     """Train and validation loaders, the normalisation stats and the channel count."""
     from dambench.batching import make_dataloader
-
     from dambench.load import open_dataset, stats_from_attrs
 
     train_ds = open_dataset(cfg.task.dataset, split="train")
@@ -162,6 +161,11 @@ def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
     last = out / "checkpoints" / "last.pt"
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise ValueError(
+                f"{last} was written by a run with a different config; resume with the same "
+                "config or choose another train.out."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -188,7 +192,7 @@ def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -249,7 +253,7 @@ def _save_run_info(out: Path, cfg: RunConfig, n_channels: int) -> None:
         "config": cfg.to_dict(),
         "dambench_version": dambench.__version__,
         "n_channels": n_channels,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=True))
 

@@ -1,7 +1,7 @@
 """Build configurations: data (JSON) loaded strictly into a frozen :class:`BuildConfig`.
 
 The package ships ``era5-sample`` (the embedded default) and ``era5-fengwu`` (the production
-recipe) in ``dambench/build/configs/``; users pass the path of their own JSON file instead of a name.
+recipe) in ``dambench/build/configs/``; users pass the path of their own JSON file instead.
 """
 
 from __future__ import annotations

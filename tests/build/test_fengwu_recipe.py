@@ -49,7 +49,7 @@ def fixtures(realdata, tmp_path_factory):
     np.save(folder / "global_stds.npy", std)
 
     class Extrapolate(torch.nn.Module):
-        """FengWu contract: (1, 2C, H, W) normalised [x(t-6h), x(t)] -> x(t+6h) = 2 x(t) - x(t-6h)."""
+        """FengWu contract: (1, 2C, H, W) normalised [x(t-6h), x(t)] -> 2 x(t) - x(t-6h)."""
 
         def forward(self, x):
             c = x.shape[1] // 2
