@@ -199,10 +199,9 @@ def radial_error_spectrum(pred: xr.DataArray, truth: xr.DataArray) -> tuple[np.n
 def run(args: argparse.Namespace) -> dict:
     """Evaluate a reference model or one or more checkpoints; write the results."""
     from dambench.batching import make_dataloader
-
     from dambench.load import open_dataset, stats_from_attrs
 
-    ds = open_dataset(args.dataset, split=args.split).load()
+    ds = open_dataset(args.dataset, split=args.split)  # lazy: the loader reads cycle by cycle
     stats = stats_from_attrs(ds)
     loader = make_dataloader(ds, batch_size=args.batch_size, train=False, stats=stats)
     if args.checkpoint:
@@ -262,16 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     which = run_p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", choices=["background", "threedvar"])
     which.add_argument("--checkpoint", nargs="+", help="one checkpoint per seed")
-    run_p.add_argument("--dataset", default="era5-sample")
-    run_p.add_argument("--split", default="test")
-    run_p.add_argument("--out", required=True)
+    run_p.add_argument(
+        "--dataset", default="era5-sample", help="name, built folder or URL (era5-sample)"
+    )
+    run_p.add_argument("--split", default="test", help="train, validation or test (test)")
+    run_p.add_argument("--out", required=True, help="folder for tables, results.json, figures")
     run_p.add_argument("--name", help="row name (default: model or run folder)")
     run_p.add_argument("--batch-size", type=int, default=1)
     run_p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     run_p.add_argument("--channel", default="t2m", help="channel of the figures")
     board = sub.add_parser("leaderboard", help="collect results.json files into one table")
-    board.add_argument("results", nargs="+")
-    board.add_argument("--out")
+    board.add_argument("results", nargs="+", help="results.json files of evaluate.py run")
+    board.add_argument("--out", help="write the table to this Markdown file too")
     args = parser.parse_args(argv)
     if args.command == "run":
         summary = run(args)

@@ -88,23 +88,29 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 def make_loaders(cfg: RunConfig, rank: int, world: int):
     """Train and validation loaders, the normalisation stats and the channel count."""
-    from dambench.batching import make_dataloader
+    from dambench.batching import DATorchDataset, make_dataloader
     from dambench.load import open_dataset, stats_from_attrs
 
     train_ds = open_dataset(cfg.task.dataset, split="train")
     val_ds = open_dataset(cfg.task.dataset, split="validation")
     stats = stats_from_attrs(train_ds)
-    sampler = EpochSampler(train_ds.sizes["time"], rank=rank, world=world, seed=cfg.train.seed)
-    common = {
-        "num_workers": cfg.task.num_workers,
-        "seed": cfg.train.seed,
-        "stats": stats,
-        "patch": cfg.task.patch,
-    }
+    seed = cfg.train.seed
+    train_samples = DATorchDataset(
+        train_ds, stats=stats, train=True, patch=cfg.task.patch, seed=seed
+    )  # with patches there are more samples than cycles
+    sampler = EpochSampler(len(train_samples), rank=rank, world=world, seed=seed)
+    common = {"num_workers": cfg.task.num_workers, "seed": seed}
     train = make_dataloader(
-        train_ds, batch_size=cfg.task.batch_size, train=True, sampler=sampler, **common
+        train_samples, batch_size=cfg.task.batch_size, sampler=sampler, **common
     )
-    val = make_dataloader(val_ds, batch_size=cfg.task.batch_size, train=False, **common)
+    val = make_dataloader(
+        val_ds,
+        batch_size=cfg.task.batch_size,
+        train=False,
+        stats=stats,
+        patch=cfg.task.patch,
+        **common,
+    )
     return train, val, sampler, train_ds.sizes["channel"]
 
 

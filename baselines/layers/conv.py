@@ -225,6 +225,16 @@ class PointwiseMLP(nn.Module):
         """(B, in_features, H, W) -> (B, out_features, H, W)."""
         return self.net(x)
 
+    @torch.no_grad()
+    def zero_outputs(self, n: int) -> None:
+        """Set the first ``n`` outputs to exactly 0 at initialisation (last layer's rows).
+
+        A residual head whose increment starts at 0 begins training from the background.
+        """
+        last = self.net[-1]
+        last.weight[:n].zero_()
+        last.bias[:n].zero_()
+
 
 def count_parameters(module: nn.Module) -> int:
     """Number of scalar parameters (works on the ``meta`` device too)."""

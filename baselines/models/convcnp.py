@@ -39,7 +39,13 @@ Deliberate deviations
       averages over the batch); the minimiser is the same, the scale no longer depends on the grid.
     - ``residual=True`` (used by ``convcnp_small`` only) predicts the mean as an increment on the
       background; upstream ConvCNP (and ``convcnp_full``/``convcnp_tiny``) has no residual. It
-      makes the minutes-long CPU run of the small variant start from the background.
+      makes the minutes-long CPU run of the small variant start from the background (the
+      increment's last layer is zero-initialised, so the untrained model returns the background).
+    - Training of the CPU-sized ``*_small`` configs: ``nll_beta=1`` and ``detach_std=True``.
+      Measured on era5-sample: with the plain NLL the shared features learn the std first (small
+      next to observations) and the mean stays at the background for 100+ steps; with beta-NLL
+      (beta = 1) and a std decoder on detached features the mean learns as fast as under an MSE
+      loss while the model still predicts a std. The ``*_full`` configs keep the upstream NLL.
     - ``norm_layer`` and ``act_layer`` are options (upstream: BatchNorm, ReLU).
     - ``batch.modalities`` are accepted and ignored (the multi-modal adapter is separate).
 """
@@ -147,6 +153,12 @@ class ConvCNP(nn.Module):
         Predict the mean as ``background + decoder output`` (not upstream; see the module notes).
     min_std
         Lower bound of the predicted std (normalised units).
+    nll_beta
+        beta of the beta-NLL training loss (0: the plain Gaussian NLL, upstream; see
+        :func:`~baselines.layers.gaussian.gaussian_loss`).
+    detach_std
+        Predict the std with its own pointwise decoder on detached features, so that only the
+        mean's loss trains the encoders (False: one decoder for both, upstream).
 
     Notes
     -----
@@ -165,6 +177,8 @@ class ConvCNP(nn.Module):
         norm_layer: NormName = "batch",
         residual: bool = False,
         min_std: float = MIN_STD,
+        nll_beta: float = 0.0,
+        detach_std: bool = False,
     ) -> None:
         super().__init__()
         if in_chans < 1 or embed_dim < 1 or depth < 0:
@@ -187,8 +201,16 @@ class ConvCNP(nn.Module):
         self.obs_encoder = ConvCNPEncoder(**encoder_args)
         self.bg_encoder = ConvCNPEncoder(**encoder_args)
         self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, 1)
-        self.decoder = PointwiseMLP(embed_dim, embed_dim, 2 * in_chans, decoder_depth)
+        self.detach_std = detach_std
+        outputs = in_chans if detach_std else 2 * in_chans
+        self.decoder = PointwiseMLP(embed_dim, embed_dim, outputs, decoder_depth)
+        self.std_decoder = (
+            PointwiseMLP(embed_dim, embed_dim, in_chans, decoder_depth) if detach_std else None
+        )
+        if residual:
+            self.decoder.zero_outputs(in_chans)  # the increment starts at 0: the background
         self.head = GaussianHead(min_std)
+        self.nll_beta = nll_beta
 
     def forward_features(self, batch: DABatch) -> torch.Tensor:
         """The fused representation (B, embed_dim, H, W) of observations and background."""
@@ -200,8 +222,11 @@ class ConvCNP(nn.Module):
 
     def forward_head(self, features: torch.Tensor, background: torch.Tensor) -> Analysis:
         """(B, r, H, W) features -> Analysis with mean and std (B, C, H, W)."""
-        raw = self.decoder(features)  # (B, 2C, H, W)
-        raw_mean, raw_std = raw.chunk(2, dim=1)  # 2 x (B, C, H, W)
+        if self.std_decoder is None:
+            raw_mean, raw_std = self.decoder(features).chunk(2, dim=1)  # 2 x (B, C, H, W)
+        else:  # the std learns from the features without shaping them
+            raw_mean = self.decoder(features)  # (B, C, H, W)
+            raw_std = self.std_decoder(features.detach())  # (B, C, H, W)
         if self.residual:
             raw_mean = raw_mean + background
         mean, std = self.head(raw_mean, raw_std)
@@ -226,7 +251,7 @@ class ConvCNP(nn.Module):
     def loss(self, batch: DABatch) -> LossAndDiagnostics:
         """Gaussian NLL of ``batch.target`` averaged over elements; diagnostics ``nll``, ``mse``,
         ``mean_std``, ``z2`` (see :func:`~baselines.layers.gaussian.gaussian_loss`)."""
-        return gaussian_loss(self(batch), batch)
+        return gaussian_loss(self(batch), batch, beta=self.nll_beta)
 
     @torch.no_grad()
     def sample(

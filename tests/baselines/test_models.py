@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from baselines.config import load_run_config
 from baselines.interface import DABatch
 from baselines.layers.conv import PositiveConv2d, SphereConv2d, count_parameters
 from baselines.layers.gaussian import gaussian_nll
@@ -29,6 +31,7 @@ from baselines.models.fnp import (
 from baselines.registry import create_model, list_models
 from dambench.exceptions import DambenchInputError
 
+CONFIGS = Path(__file__).resolve().parents[2] / "baselines" / "configs"
 FAMILIES = ("convcnp", "fnp")
 VARIANTS = [f"{family}_{size}" for family in FAMILIES for size in ("tiny", "small")]
 TINY = [f"{family}_tiny" for family in FAMILIES]
@@ -83,6 +86,12 @@ def roll_batch(batch: DABatch, shift: int) -> DABatch:
     )
 
 
+def config_kwargs(name: str) -> dict:
+    """``model.kwargs`` of ``baselines/configs/NAME.yaml``, {} when there is no such config."""
+    path = CONFIGS / f"{name}.yaml"
+    return load_run_config(path).model.kwargs if path.exists() else {}
+
+
 def build(name: str, channels: int = 4, seed: int = 0, **kwargs) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_model(name, in_chans=channels, **kwargs)
@@ -124,8 +133,9 @@ def test_tiny_with_69_channels(name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_loss_decreases_on_a_fixed_batch(name):
-    # A learnable task: the truth is the background shifted by 0.5 everywhere.
-    model = build(name)
+    # A learnable task: the truth is the background shifted by 0.5 everywhere; small variants
+    # with the model settings their training config uses.
+    model = build(name, **config_kwargs(name))
     task = make_batch(4, (17, 32), batch=2, seed=1)
     batch = DABatch(task.background, task.observation, task.mask, target=task.background + 0.5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -138,6 +148,23 @@ def test_loss_decreases_on_a_fixed_batch(name):
         optimizer.step()
         losses.append(loss.item())
     assert min(losses[-3:]) < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["convcnp_small", "fnp_tiny", "fnp_small"])
+def test_residual_models_start_at_the_background_and_leave_it(name):
+    # The increment's last layer starts at 0: the untrained analysis is the background exactly,
+    # and one optimiser step moves it (the zeroed layer still receives gradients).
+    model = build(name, **config_kwargs(name))
+    batch = make_batch(4, SMALL_GRID, seed=3)
+    with torch.no_grad():
+        before = model(batch).mean
+    torch.testing.assert_close(before, batch.background, atol=0.0, rtol=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.loss(batch).loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = model(batch).mean
+    assert (after - batch.background).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -340,3 +367,32 @@ def test_cpu_step_time_small_variants(capsys):
         )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+def test_beta_nll_weights_the_mean_gradient_like_mse():
+    # beta = 1: d loss / d mean = (mean - y) / n, the gradient of MSE / 2; beta = 0: plain NLL.
+    from baselines.interface import Analysis
+    from baselines.layers.gaussian import gaussian_loss
+
+    gen = torch.Generator().manual_seed(4)
+    target = torch.randn(2, 3, 5, 7, generator=gen)
+    batch = DABatch(target, target, torch.ones_like(target), target=target)
+    mean = torch.randn(target.shape, generator=gen, requires_grad=True)
+    std = (0.1 + torch.rand(target.shape, generator=gen)).requires_grad_()
+    plain = gaussian_loss(Analysis(mean=mean, std=std), batch)
+    torch.testing.assert_close(plain.loss, gaussian_nll(mean, std, target).mean())
+    gaussian_loss(Analysis(mean=mean, std=std), batch, beta=1.0).loss.backward()
+    torch.testing.assert_close(mean.grad, (mean - target).detach() / target.numel())
+    assert plain.diagnostics["nll"] == pytest.approx(float(plain.loss))
+    with pytest.raises(ValueError, match="beta"):
+        gaussian_loss(Analysis(mean=mean, std=std), batch, beta=2.0)
+
+
+@pytest.mark.parametrize("name", ["convcnp_tiny", "fnp_tiny"])
+def test_detached_std_does_not_train_the_encoders(name):
+    # With detach_std the std's loss reaches only the std decoder(s).
+    model = build(name, detach_std=True)
+    out = model(make_batch(4, SMALL_GRID, seed=5))
+    out.std.sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    assert with_grad and all(n.startswith("std_decoder") for n in with_grad), sorted(with_grad)

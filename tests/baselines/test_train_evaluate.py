@@ -123,3 +123,18 @@ def test_threedvar_beats_background_in_evaluate(folder, tmp_path):
     board = evaluate.leaderboard([str(tmp_path / m / "results.json") for m in rows], None)
     assert "background: worse than threedvar" in board
     assert np.isfinite(rows["threedvar"]["SpecDiv"]["mean"])
+
+
+def test_patch_training_samples_every_window(folder, tmp_path):
+    # With patches the sampler must cover every (cycle, window), not only the cycles.
+    path = write_config(tmp_path / "p.yaml", folder, tmp_path / "out")
+    config = yaml.safe_load(path.read_text())
+    config["task"]["patch"] = {"latitude": 64, "longitude": 96}
+    path.write_text(yaml.safe_dump(config))
+    loader, _, sampler, n_channels = train.make_loaders(load_run_config(path), rank=0, world=1)
+    n_cycles = open_dataset(folder, split="train").sizes["time"]
+    assert len(loader.dataset) > n_cycles
+    assert len(sampler) == len(loader.dataset)
+    assert sorted(sampler) == list(range(len(loader.dataset)))
+    batch = next(iter(loader))
+    assert tuple(batch["target"].shape) == (1, n_channels, 64, 96)
