@@ -102,7 +102,7 @@ def build(name: str, channels: int = 4, seed: int = 0, **kwargs) -> torch.nn.Mod
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_forward_and_backward_at_121x240(name):
-    model = build(name)
+    model = build(name, **config_kwargs(name))
     batch = make_batch(4, FULL_GRID, batch=1, modalities=2)
     out = model(batch)
     assert out.mean.shape == out.std.shape == (1, 4, *FULL_GRID)

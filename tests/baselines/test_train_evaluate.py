@@ -138,3 +138,16 @@ def test_patch_training_samples_every_window(folder, tmp_path):
     assert sorted(sampler) == list(range(len(loader.dataset)))
     batch = next(iter(loader))
     assert tuple(batch["target"].shape) == (1, n_channels, 64, 96)
+
+
+def test_summarise_averages_seeds_and_bootstraps_cycles():
+    seed_a = {"MSE(1e-2)": np.array([1.0, 2.0, 3.0, 4.0])}
+    seed_b = {"MSE(1e-2)": np.array([3.0, 4.0, 5.0, 6.0])}
+    row = evaluate.summarise([seed_a, seed_b], n_resamples=2000)["MSE(1e-2)"]
+    assert row["mean"] == pytest.approx(3.5)  # seed means 2.5 and 4.5
+    assert row["std_over_seeds"] == pytest.approx(np.sqrt(2.0))  # sample std of (2.5, 4.5)
+    assert row["per_cycle"] == [2.0, 3.0, 4.0, 5.0]
+    low, high = row["ci95"]
+    assert 2.0 <= low < 3.5 < high <= 5.0
+    single = evaluate.summarise([seed_a], n_resamples=100)["MSE(1e-2)"]
+    assert single["std_over_seeds"] is None and single["mean"] == pytest.approx(2.5)
