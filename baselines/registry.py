@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 _MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+_DEFAULTS: dict[str, dict] = {}
 
 
 def register_model(factory: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
@@ -18,6 +19,33 @@ def register_model(factory: Callable[..., torch.nn.Module]) -> Callable[..., tor
         raise ValueError(f"Model {name!r} is registered twice.")
     _MODELS[name] = factory
     return factory
+
+
+def register_variants(
+    model_class: Callable[..., torch.nn.Module], variants: dict[str, tuple[str, dict]]
+) -> None:
+    """Register one factory per variant: ``{name: (docstring, default kwargs)}``.
+
+    ``create_model(name, **kwargs)`` then builds ``model_class(**{**defaults, **kwargs})``;
+    :func:`variant_defaults` returns the defaults.
+    """
+    for name, (doc, defaults) in variants.items():
+
+        def factory(_defaults: dict = defaults, **kwargs) -> torch.nn.Module:
+            return model_class(**{**_defaults, **kwargs})
+
+        factory.__name__ = factory.__qualname__ = name
+        factory.__doc__ = doc
+        register_model(factory)
+        _DEFAULTS[name] = dict(defaults)
+
+
+def variant_defaults(name: str) -> dict:
+    """The default kwargs of a variant registered with :func:`register_variants`."""
+    _import_models()
+    if name not in _DEFAULTS:
+        raise ValueError(f"{name!r} is not a registered variant; variants: {sorted(_DEFAULTS)}.")
+    return dict(_DEFAULTS[name])
 
 
 def _import_models() -> None:

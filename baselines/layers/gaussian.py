@@ -140,3 +140,23 @@ def gaussian_sample(
         (n, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
     )  # (n, B, C, H, W)
     return mean.unsqueeze(0) + std.unsqueeze(0) * noise
+
+
+class GaussianPredictive:
+    """Mixin for models whose ``forward(batch)`` returns an :class:`Analysis` with a std: the
+    training loss (beta-NLL with ``self.nll_beta``) and sampling."""
+
+    nll_beta: float = 0.0
+
+    def loss(self, batch: DABatch) -> LossAndDiagnostics:
+        """Gaussian NLL of ``batch.target`` averaged over elements (beta-weighted when
+        ``nll_beta > 0``); diagnostics ``nll``, ``mse``, ``mean_std``, ``z2`` (see
+        :func:`gaussian_loss`)."""
+        return gaussian_loss(self(batch), batch, beta=self.nll_beta)
+
+    @torch.no_grad()
+    def sample(
+        self, batch: DABatch, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``n`` draws (n, B, C, H, W) from the factorised predictive (spatially independent)."""
+        return gaussian_sample(self(batch), n, generator)

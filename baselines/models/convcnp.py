@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.interface import Analysis, DABatch, LossAndDiagnostics
+from baselines.interface import Analysis, DABatch
 from baselines.layers.conv import (
     ActName,
     NormName,
@@ -68,11 +68,10 @@ from baselines.layers.conv import (
 from baselines.layers.gaussian import (
     MIN_STD,
     GaussianHead,
+    GaussianPredictive,
     check_batch,
-    gaussian_loss,
-    gaussian_sample,
 )
-from baselines.registry import register_model
+from baselines.registry import register_variants
 
 __all__ = ["ConvCNP", "ConvCNPEncoder"]
 
@@ -129,7 +128,7 @@ class ConvCNPEncoder(nn.Module):
 # --- model -------------------------------------------------------------------------------------
 
 
-class ConvCNP(nn.Module):
+class ConvCNP(GaussianPredictive, nn.Module):
     """On-grid ConvCNP: observation and background encoders, pointwise fusion and decoder.
 
     Parameters
@@ -248,75 +247,46 @@ class ConvCNP(nn.Module):
         """
         return self.forward_head(self.forward_features(batch), batch.background)
 
-    def loss(self, batch: DABatch) -> LossAndDiagnostics:
-        """Gaussian NLL of ``batch.target`` averaged over elements; diagnostics ``nll``, ``mse``,
-        ``mean_std``, ``z2`` (see :func:`~baselines.layers.gaussian.gaussian_loss`)."""
-        return gaussian_loss(self(batch), batch, beta=self.nll_beta)
 
-    @torch.no_grad()
-    def sample(
-        self, batch: DABatch, n: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``n`` draws (n, B, C, H, W) from the factorised predictive (spatially independent)."""
-        return gaussian_sample(self(batch), n, generator)
+# --- registered variants (configs as data) ------------------------------------------------------
 
-
-# --- factory and registered variants -----------------------------------------------------------
-
-
-def _create_convcnp(**kwargs: Any) -> ConvCNP:
-    return ConvCNP(**kwargs)
-
-
-def _with_defaults(kwargs: dict[str, Any], **defaults: Any) -> dict[str, Any]:
-    return {**defaults, **kwargs}
-
-
-@register_model
-def convcnp_tiny(**kwargs: Any) -> ConvCNP:
-    """CPU-test size: r = 16, 1 block, kernels 5, 2-layer decoder (4,576 parameters at C = 4)."""
-    return _create_convcnp(
-        **_with_defaults(
-            kwargs,
-            in_chans=4,
-            embed_dim=16,
-            depth=1,
-            kernel_size=5,
-            setconv_kernel_size=5,
-            decoder_depth=2,
-        )
-    )
-
-
-@register_model
-def convcnp_small(**kwargs: Any) -> ConvCNP:
-    """CPU-training size: r = 32, 2 blocks, kernel 9, SetConv 11, residual on the background."""
-    return _create_convcnp(
-        **_with_defaults(
-            kwargs,
-            in_chans=4,
-            embed_dim=32,
-            depth=2,
-            kernel_size=9,
-            setconv_kernel_size=11,
-            decoder_depth=4,
-            residual=True,
-        )
-    )
-
-
-@register_model
-def convcnp_full(**kwargs: Any) -> ConvCNP:
-    """Published size (FNP/DAMBench baseline): r = 512, 12 blocks, kernel 9, SetConv 11,
-    BatchNorm, ReLU, no residual; 16.48 M parameters at 69 channels."""
-    return _create_convcnp(
-        **_with_defaults(
-            kwargs,
-            in_chans=69,
-            embed_dim=512,
-            depth=12,
-            kernel_size=9,
-            setconv_kernel_size=11,
-            decoder_depth=4,
-        )
-    )
+register_variants(
+    ConvCNP,
+    {
+        "convcnp_tiny": (
+            "CPU-test size: r = 16, 1 block, kernels 5, 2-layer decoder (4,576 parameters, C = 4).",
+            dict(
+                in_chans=4,
+                embed_dim=16,
+                depth=1,
+                kernel_size=5,
+                setconv_kernel_size=5,
+                decoder_depth=2,
+            ),
+        ),
+        "convcnp_small": (
+            "CPU-training size: r = 32, 2 blocks, kernel 9, SetConv 11, residual on the background",
+            dict(
+                in_chans=4,
+                embed_dim=32,
+                depth=2,
+                kernel_size=9,
+                setconv_kernel_size=11,
+                decoder_depth=4,
+                residual=True,
+            ),
+        ),
+        "convcnp_full": (
+            "Published size (FNP/DAMBench baseline): r = 512, 12 blocks, kernel 9, SetConv 11, "
+            "BatchNorm, ReLU, no residual; 16.48 M parameters at 69 channels.",
+            dict(
+                in_chans=69,
+                embed_dim=512,
+                depth=12,
+                kernel_size=9,
+                setconv_kernel_size=11,
+                decoder_depth=4,
+            ),
+        ),
+    },
+)

@@ -69,7 +69,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from baselines.interface import Analysis, DABatch, LossAndDiagnostics
+from baselines.interface import Analysis, DABatch
 from baselines.layers.conv import (
     ActName,
     NormName,
@@ -81,11 +81,10 @@ from baselines.layers.conv import (
 from baselines.layers.gaussian import (
     MIN_STD,
     GaussianHead,
+    GaussianPredictive,
     check_batch,
-    gaussian_loss,
-    gaussian_sample,
 )
-from baselines.registry import register_model
+from baselines.registry import register_variants
 from dambench import schema
 
 __all__ = [
@@ -316,7 +315,7 @@ class FNPBranch(nn.Module):
 # --- model -------------------------------------------------------------------------------------
 
 
-class FNP(nn.Module):
+class FNP(GaussianPredictive, nn.Module):
     """Fourier Neural Process: per-group and all-variable branches, group decoders on the
     background.
 
@@ -468,77 +467,48 @@ class FNP(nn.Module):
         groups, r_all = self.forward_features(batch)
         return self.forward_head(groups, r_all, batch.background)
 
-    def loss(self, batch: DABatch) -> LossAndDiagnostics:
-        """Gaussian NLL of ``batch.target`` averaged over elements; diagnostics ``nll``, ``mse``,
-        ``mean_std``, ``z2`` (see :func:`~baselines.layers.gaussian.gaussian_loss`)."""
-        return gaussian_loss(self(batch), batch, beta=self.nll_beta)
 
-    @torch.no_grad()
-    def sample(
-        self, batch: DABatch, n: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``n`` draws (n, B, C, H, W) from the factorised predictive (spatially independent)."""
-        return gaussian_sample(self(batch), n, generator)
+# --- registered variants (configs as data) ------------------------------------------------------
 
-
-# --- factory and registered variants -----------------------------------------------------------
-
-
-def _create_fnp(**kwargs: Any) -> FNP:
-    return FNP(**kwargs)
-
-
-def _with_defaults(kwargs: dict[str, Any], **defaults: Any) -> dict[str, Any]:
-    return {**defaults, **kwargs}
-
-
-@register_model
-def fnp_tiny(**kwargs: Any) -> FNP:
-    """CPU-test size: r = 8, 1 block, 4 modes, kernels 5, 2-layer decoders."""
-    return _create_fnp(
-        **_with_defaults(
-            kwargs,
-            in_chans=4,
-            embed_dim=8,
-            depth=1,
-            kernel_size=5,
-            setconv_kernel_size=5,
-            modes=4,
-            decoder_depth=2,
-        )
-    )
-
-
-@register_model
-def fnp_small(**kwargs: Any) -> FNP:
-    """CPU-training size: r = 16, 1 block, 8 modes, kernel 9, SetConv 11."""
-    return _create_fnp(
-        **_with_defaults(
-            kwargs,
-            in_chans=4,
-            embed_dim=16,
-            depth=1,
-            kernel_size=9,
-            setconv_kernel_size=11,
-            modes=8,
-            decoder_depth=4,
-        )
-    )
-
-
-@register_model
-def fnp_full(**kwargs: Any) -> FNP:
-    """Published size: r = 128, 4 blocks, 12 modes, kernel 9, SetConv 11, groups
-    [4, 13, 13, 13, 13, 13]; 552.10 M parameters at 69 channels (528.48 M spectral)."""
-    return _create_fnp(
-        **_with_defaults(
-            kwargs,
-            in_chans=69,
-            embed_dim=128,
-            depth=4,
-            kernel_size=9,
-            setconv_kernel_size=11,
-            modes=12,
-            decoder_depth=4,
-        )
-    )
+register_variants(
+    FNP,
+    {
+        "fnp_tiny": (
+            "CPU-test size: r = 8, 1 block, 4 modes, kernels 5, 2-layer decoders.",
+            dict(
+                in_chans=4,
+                embed_dim=8,
+                depth=1,
+                kernel_size=5,
+                setconv_kernel_size=5,
+                modes=4,
+                decoder_depth=2,
+            ),
+        ),
+        "fnp_small": (
+            "CPU-training size: r = 16, 1 block, 8 modes, kernel 9, SetConv 11.",
+            dict(
+                in_chans=4,
+                embed_dim=16,
+                depth=1,
+                kernel_size=9,
+                setconv_kernel_size=11,
+                modes=8,
+                decoder_depth=4,
+            ),
+        ),
+        "fnp_full": (
+            "Published size: r = 128, 4 blocks, 12 modes, kernel 9, SetConv 11, groups "
+            "[4, 13, 13, 13, 13, 13]; 552.10 M parameters at 69 channels (528.48 M spectral).",
+            dict(
+                in_chans=69,
+                embed_dim=128,
+                depth=4,
+                kernel_size=9,
+                setconv_kernel_size=11,
+                modes=12,
+                decoder_depth=4,
+            ),
+        ),
+    },
+)

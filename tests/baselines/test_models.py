@@ -28,7 +28,7 @@ from baselines.models.fnp import (
     default_channel_groups,
     double_fourier_sphere,
 )
-from baselines.registry import create_model, list_models
+from baselines.registry import create_model, list_models, variant_defaults
 from dambench.exceptions import DambenchInputError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "baselines" / "configs"
@@ -234,6 +234,11 @@ def test_registry():
     model = create_model("convcnp_tiny", in_chans=4)
     assert isinstance(model, ConvCNP) and model.in_chans == 4
     assert isinstance(create_model("fnp_tiny", in_chans=7, embed_dim=None), FNP)
+    # variants are data: their defaults are readable and keyword arguments override them
+    assert variant_defaults("convcnp_small")["embed_dim"] == 32
+    assert create_model("convcnp_small", embed_dim=8).embed_dim == 8
+    with pytest.raises(ValueError, match="registered"):
+        create_model("convcnp_huge")
 
 
 @pytest.mark.parametrize(
