@@ -2,14 +2,35 @@
 
 All tensors are in normalised units (per-channel z-scores of the dataset's train split) on the
 dataset's grid, ``(batch, channel, latitude, longitude)``.
+
+A baseline is a ``torch.nn.Module`` registered with a :class:`ModelInfo` (its capabilities as
+data, :func:`baselines.registry.model_info`). It provides
+
+``forward(batch) -> Analysis``
+    the differentiable training-time pass (deterministic and Gaussian models: the analysis);
+``loss(batch) -> LossAndDiagnostics``
+    the training objective (``info.trainable``) or an evaluation score without a gradient;
+``analyse(batch, *, members=None, seed=0) -> Analysis``
+    the inference step used by evaluation. It **owns its grad mode**: the default
+    (:class:`BaselineModule`) runs ``forward`` under ``torch.no_grad()``; a model that optimises
+    at analysis time (VAE-Var) turns gradients on inside, whatever the caller's mode. Ensemble
+    models (``info.output == "ensemble"``) return ``members`` (B, N, C, H, W) drawn from
+    ``seed`` and their mean;
+``fit(dataset, stats, *, verbose=False)`` (only when ``info.needs_fit``)
+    statistics estimated on the **train split** before training or evaluation (3D-Var's B,
+    VAE-Var's error scale), kept in the module's buffers or attributes so checkpoints carry them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+
+OutputKind = Literal["deterministic", "gaussian", "ensemble"]
+OUTPUT_KINDS: tuple[str, ...] = ("deterministic", "gaussian", "ensemble")
+_COORDINATES = ("latitude", "longitude")
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,10 @@ class DABatch:
         (B, M, H, W) extra observations (precipitation, OLR), 0 where absent.
     modality_present
         (B, M) float, 1 where the modality exists for that sample.
+    latitude, longitude
+        (B, H) and (B, W) coordinates in degrees of each sample's window (a patch or the whole
+        globe); ``None`` when the loader gives none (then the whole canonical globe is assumed
+        only by models whose ``ModelInfo.supports_patches`` is ``False``).
     """
 
     background: torch.Tensor
@@ -38,11 +63,16 @@ class DABatch:
     target: torch.Tensor | None = None
     modalities: torch.Tensor | None = None
     modality_present: torch.Tensor | None = None
+    latitude: torch.Tensor | None = None
+    longitude: torch.Tensor | None = None
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> DABatch:
-        """The batch on ``device`` (floating tensors cast to ``dtype`` when given)."""
+        """The batch on ``device`` (floating tensors cast to ``dtype`` when given; coordinates
+        keep their dtype)."""
         moved = {
-            name: None if value is None else value.to(device=device, dtype=dtype)
+            name: None
+            if value is None
+            else value.to(device=device, dtype=None if name in _COORDINATES else dtype)
             for name, value in self.__dict__.items()
         }
         return replace(self, **moved)
@@ -50,7 +80,15 @@ class DABatch:
     @classmethod
     def from_loader(cls, batch: dict[str, torch.Tensor]) -> DABatch:
         """From a ``dambench.batching`` DataLoader batch (a dict with the same keys)."""
-        names = ("background", "observation", "mask", "target", "modalities", "modality_present")
+        names = (
+            "background",
+            "observation",
+            "mask",
+            "target",
+            "modalities",
+            "modality_present",
+            *_COORDINATES,
+        )
         return cls(**{name: batch.get(name) for name in names})
 
     @property
@@ -68,8 +106,103 @@ class LossAndDiagnostics:
 
 @dataclass(frozen=True)
 class Analysis:
-    """A model's output: the analysis mean (B, C, H, W) and, for probabilistic models, its
-    standard deviation (B, C, H, W)."""
+    """A model's output.
+
+    Attributes
+    ----------
+    mean
+        The analysis (B, C, H, W); for ensembles the mean over members.
+    std
+        Per-pixel predictive std (B, C, H, W) of Gaussian models, or the ensemble spread.
+    members
+        Ensemble members (B, N, C, H, W) of sampling models, else ``None``.
+    """
 
     mean: torch.Tensor
     std: torch.Tensor | None = None
+    members: torch.Tensor | None = None
+
+    @classmethod
+    def from_members(cls, members: torch.Tensor) -> Analysis:
+        """Mean and spread (std over members, ddof 1 when N > 1) of ``members`` (B, N, C, H, W)."""
+        if members.ndim != 5:
+            raise ValueError(f"members must be (B, N, C, H, W); got shape {tuple(members.shape)}.")
+        std = members.std(dim=1, unbiased=True) if members.shape[1] > 1 else None
+        return cls(mean=members.mean(dim=1), std=std, members=members)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """What a registered model is and can do: the data that scripts dispatch on.
+
+    Attributes
+    ----------
+    output
+        ``"deterministic"`` (``Analysis.mean`` only), ``"gaussian"`` (``mean`` and a per-pixel
+        ``std``) or ``"ensemble"`` (``members`` sampled by ``analyse(members=N)``).
+    trainable
+        Has parameters that ``train.py`` optimises.
+    needs_fit
+        Needs ``fit(train_dataset, stats)`` on the train split before use.
+    supports_patches
+        Works on a window of the globe (``DABatch`` carries the window's coordinates); a model
+        without it is refused patches by the loader and by ``train.py``.
+    uses_modalities
+        Reads ``batch.modalities``/``batch.modality_present``.
+    adapter_entry
+        Where a multi-modal adapter's context enters the model (e.g.
+        ``"observation_representation"``), or ``None`` when none is declared.
+    paper
+        Citation with a link.
+    code
+        The upstream implementation (URL) or ``"none"``.
+    code_licence
+        The upstream code's licence as found (e.g. ``"none (no licence file)"``).
+    """
+
+    output: OutputKind
+    trainable: bool = True
+    needs_fit: bool = False
+    supports_patches: bool = False
+    uses_modalities: bool = False
+    adapter_entry: str | None = None
+    paper: str
+    code: str
+    code_licence: str
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUT_KINDS:
+            raise ValueError(f"ModelInfo.output={self.output!r}; choose from {OUTPUT_KINDS}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """The methods every registered model has (see the module docstring)."""
+
+    def forward(self, batch: DABatch) -> Analysis: ...
+
+    def loss(self, batch: DABatch) -> LossAndDiagnostics: ...
+
+    def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis: ...
+
+
+class BaselineModule(torch.nn.Module):
+    """Base class giving the default inference step: ``forward`` without gradients.
+
+    Deterministic and Gaussian models inherit :meth:`analyse` as is; ensemble models and models
+    that optimise at analysis time override it.
+    """
+
+    def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
+        """The analysis of ``batch`` (no gradients). ``members`` is refused: this model is not a
+        sampler (its ``ModelInfo.output`` is not ``"ensemble"``)."""
+        if members is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not sample ensembles; call analyse() without "
+                f"members (got members={members})."
+            )
+        with torch.no_grad():
+            return self(batch)

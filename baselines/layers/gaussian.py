@@ -144,7 +144,8 @@ def gaussian_sample(
 
 class GaussianPredictive:
     """Mixin for models whose ``forward(batch)`` returns an :class:`Analysis` with a std: the
-    training loss (beta-NLL with ``self.nll_beta``) and sampling."""
+    training loss (beta-NLL with ``self.nll_beta``), sampling, and an inference step that can
+    draw an ensemble from the predictive (an ensemble stand-in for evaluation)."""
 
     nll_beta: float = 0.0
 
@@ -160,3 +161,14 @@ class GaussianPredictive:
     ) -> torch.Tensor:
         """``n`` draws (n, B, C, H, W) from the factorised predictive (spatially independent)."""
         return gaussian_sample(self(batch), n, generator)
+
+    @torch.no_grad()
+    def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
+        """The predictive mean and std; with ``members=N`` also N draws (B, N, C, H, W) from a
+        generator seeded with ``seed`` (the mean and std stay the predictive's own)."""
+        analysis = self(batch)
+        if members is None:
+            return analysis
+        generator = torch.Generator(device=analysis.mean.device).manual_seed(seed)
+        draws = gaussian_sample(analysis, members, generator)  # (N, B, C, H, W)
+        return Analysis(mean=analysis.mean, std=analysis.std, members=draws.transpose(0, 1))

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.interface import Analysis, DABatch
+from baselines.interface import Analysis, DABatch, ModelInfo
 from baselines.layers.conv import (
     ActName,
     NormName,
@@ -250,6 +250,16 @@ class ConvCNP(GaussianPredictive, nn.Module):
 
 # --- registered variants (configs as data) ------------------------------------------------------
 
+INFO = ModelInfo(
+    output="gaussian",
+    trainable=True,
+    adapter_entry="observation_representation",
+    paper="Gordon et al. (2020), Convolutional Conditional Neural Processes, ICLR, "
+    "https://arxiv.org/abs/1910.13556",
+    code="https://github.com/OpenEarthLab/FNP (ConvCNP_model)",
+    code_licence="none (no licence file)",
+)
+
 register_variants(
     ConvCNP,
     {
@@ -289,4 +299,5 @@ register_variants(
             ),
         ),
     },
+    info=INFO,
 )

@@ -69,7 +69,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from baselines.interface import Analysis, DABatch
+from baselines.interface import Analysis, DABatch, ModelInfo
 from baselines.layers.conv import (
     ActName,
     NormName,
@@ -470,6 +470,16 @@ class FNP(GaussianPredictive, nn.Module):
 
 # --- registered variants (configs as data) ------------------------------------------------------
 
+INFO = ModelInfo(
+    output="gaussian",
+    trainable=True,
+    adapter_entry="observation_representation",
+    paper="Chen et al. (2024), Fourier Neural Processes for arbitrary-resolution data "
+    "assimilation, NeurIPS, https://arxiv.org/abs/2406.01645",
+    code="https://github.com/OpenEarthLab/FNP",
+    code_licence="none (no licence file)",
+)
+
 register_variants(
     FNP,
     {
@@ -511,4 +521,5 @@ register_variants(
             ),
         ),
     },
+    info=INFO,
 )

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from baselines.interface import Analysis, DABatch, LossAndDiagnostics
+from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
 from baselines.registry import register_model
 from dambench import schema
 from dambench.exceptions import DambenchInputError
@@ -456,7 +456,7 @@ def _evaluation_loss(model: torch.nn.Module, batch: DABatch) -> LossAndDiagnosti
 # --- models ------------------------------------------------------------------------------------
 
 
-class Background(torch.nn.Module):
+class Background(BaselineModule):
     """The "no assimilation" reference of Table 3: the analysis is the background.
 
     Not trainable (``trainable = False``, no parameters); :meth:`loss` returns the background's
@@ -498,7 +498,7 @@ class Background(torch.nn.Module):
         return _evaluation_loss(self, batch)
 
 
-class ThreeDVar(torch.nn.Module):
+class ThreeDVar(BaselineModule):
     """Classical 3D-Var with a homogeneous, isotropic, per-channel B, solved in observation space.
 
     For every sample and channel ``c`` (normalised units):
@@ -873,25 +873,44 @@ def _create_threedvar(
     )
 
 
-@register_model
+BACKGROUND_INFO = ModelInfo(
+    output="deterministic",
+    trainable=False,
+    supports_patches=True,
+    paper="Wang et al. (2025), DAMBench, Table 3 'Background', https://arxiv.org/abs/2511.01468",
+    code="none",
+    code_licence="none (no upstream code)",
+)
+THREEDVAR_INFO = ModelInfo(
+    output="deterministic",
+    trainable=False,
+    needs_fit=True,
+    paper="Courtier et al. (1998), QJRMS 124, 1783-1807; DAMBench appendix B, "
+    "https://arxiv.org/abs/2511.01468",
+    code="none",
+    code_licence="none (no upstream code)",
+)
+
+
+@register_model(info=BACKGROUND_INFO)
 def background(**kwargs: Any) -> Background:
     """The background as the analysis (Table 3, first row)."""
     return _create_background(**kwargs)
 
 
-@register_model
+@register_model(info=BACKGROUND_INFO)
 def background_tiny(**kwargs: Any) -> Background:
     """Identical to :func:`background` (it has no size); registered for the tiny-model tests."""
     return _create_background(**kwargs)
 
 
-@register_model
+@register_model(info=THREEDVAR_INFO)
 def threedvar(**kwargs: Any) -> ThreeDVar:
     """3D-Var with SOAR correlations; pass ``params=`` a JSON file from :meth:`ThreeDVar.save`."""
     return _create_threedvar(**kwargs)
 
 
-@register_model
+@register_model(info=THREEDVAR_INFO)
 def threedvar_tiny(**kwargs: Any) -> ThreeDVar:
     """3D-Var on 4 channels with placeholder parameters (L = 2000 km), for CPU tests."""
     kwargs.setdefault("in_chans", 4)
