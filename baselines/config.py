@@ -2,11 +2,13 @@
 
 A config file has three sections::
 
-    task:  {dataset: era5-sample, batch_size: 1, num_workers: 0, patch: null}
+    task:  {dataset: era5-sample, batch_size: 1, num_workers: 0, patch: null, modalities: null}
     model: {name: convcnp_small, kwargs: {}}
     train: {epochs: 3, lr_peak: 1.0e-4, ..., seed: 0, out: runs/convcnp_small}
 
-Command-line overrides use dotted keys: ``train.epochs=2 model.kwargs.embed_dim=32``.
+Command-line overrides use dotted keys: ``train.epochs=2 model.kwargs.embed_dim=32``. Every
+invalid value raises :class:`~dambench.exceptions.DambenchInputError` (a ``ValueError``) naming
+the key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dambench import schema
+from dambench.exceptions import DambenchInputError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,10 +30,24 @@ class TaskConfig:
     batch_size: int = 1
     num_workers: int = 0
     patch: dict[str, int] | None = None
+    modalities: list[str] | None = None
+    """Schema modalities (``dambench.schema.MODALITIES``) given to the model, in this order;
+    ``None``: those the dataset holds, or none for a model with ``uses_modalities=False``."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError("task.batch_size must be >= 1 and task.num_workers >= 0.")
+            raise DambenchInputError(
+                f"task.batch_size must be >= 1 and task.num_workers >= 0; got "
+                f"{self.batch_size=}, {self.num_workers=}."
+            )
+        if self.modalities is not None:
+            names = list(self.modalities)
+            unknown = [m for m in names if m not in schema.MODALITIES]
+            if unknown or len(set(names)) != len(names):
+                raise DambenchInputError(
+                    f"task.modalities={names} must be distinct names among "
+                    f"{list(schema.MODALITIES)}; unknown: {unknown}."
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +62,26 @@ class ModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimisation: AdamW with the paper's schedule (linear warm-up from ``lr_start`` to
-    ``lr_peak`` over ``warmup_fraction`` of the steps, cosine decay to ``lr_end``)."""
+    ``lr_peak`` over ``warmup_fraction`` of the steps, cosine decay to ``lr_end``).
+
+    A model may replace AdamW with a ``configure_optimizers(train_config)`` method returning an
+    optimiser; the schedule then sets each group's ``lr`` to the scheduled rate times the
+    group's ``lr_scale`` (default 1).
+
+    Attributes
+    ----------
+    ema_decay
+        Keep an exponential moving average of the weights with this decay (e.g. 0.999;
+        ``None``: none). The averaged weights are validated, evaluated and saved as the
+        checkpoint's ``model``; the raw weights are kept for resuming.
+    sample_every, sample_batches, sample_members
+        Every ``sample_every`` epochs (``None``: never) also run the model's inference step
+        (``analyse``, with ``members`` for ensemble models) on the first ``sample_batches``
+        validation batches and log its MSE; per-epoch validation otherwise uses only the loss
+        diagnostics (no sampler run per batch).
+    max_steps_per_epoch
+        Stop each epoch after this many optimiser steps (``None``: the whole loader).
+    """
 
     epochs: int = 1
     lr_start: float = 1e-5
@@ -55,15 +93,32 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    ema_decay: float | None = None
+    sample_every: int | None = None
+    sample_batches: int = 1
+    sample_members: int | None = None
     out: str = "runs/default"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError("train.epochs must be >= 1.")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError("train.warmup_fraction must lie in [0, 1).")
-        if not (self.lr_start > 0 and self.lr_peak > 0 and self.lr_end > 0):
-            raise ValueError("learning rates must be positive.")
+        problems = {
+            "train.epochs must be >= 1": self.epochs < 1,
+            "train.warmup_fraction must lie in [0, 1)": not 0 <= self.warmup_fraction < 1,
+            "learning rates must be positive": not (
+                self.lr_start > 0 and self.lr_peak > 0 and self.lr_end > 0
+            ),
+            "train.ema_decay must lie in (0, 1) or be null": self.ema_decay is not None
+            and not 0 < self.ema_decay < 1,
+            "train.sample_every must be >= 1 or null": self.sample_every is not None
+            and self.sample_every < 1,
+            "train.sample_batches must be >= 1": self.sample_batches < 1,
+            "train.sample_members must be >= 1 or null": self.sample_members is not None
+            and self.sample_members < 1,
+            "train.max_steps_per_epoch must be >= 1 or null": self.max_steps_per_epoch is not None
+            and self.max_steps_per_epoch < 1,
+        }
+        failed = [message for message, bad in problems.items() if bad]
+        if failed:
+            raise DambenchInputError("; ".join(failed) + f". Got {self}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +140,9 @@ def _strict(cls, values: dict[str, Any], section: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"Unknown keys in {section}: {sorted(unknown)}; known: {sorted(known)}.")
+        raise DambenchInputError(
+            f"Unknown keys in {section}: {sorted(unknown)}; known: {sorted(known)}."
+        )
     return cls(**values)
 
 
@@ -94,7 +151,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     import yaml
 
     if "=" not in text:
-        raise ValueError(f"Override {text!r} must look like section.key=value.")
+        raise DambenchInputError(f"Override {text!r} must look like section.key=value.")
     key, value = text.split("=", 1)
     return key.split("."), yaml.safe_load(value)
 
@@ -106,7 +163,9 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     raw = yaml.safe_load(Path(path).read_text()) or {}
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
-        raise ValueError(f"Unknown sections {sorted(unknown)} in {path}; use {list(_SECTIONS)}.")
+        raise DambenchInputError(
+            f"Unknown sections {sorted(unknown)} in {path}; use {list(_SECTIONS)}."
+        )
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
@@ -114,7 +173,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
     if "model" not in raw:
-        raise ValueError(f"{path} needs a model section with a name.")
+        raise DambenchInputError(f"{path} needs a model section with a name.")
     return RunConfig(
         **{name: _strict(cls, raw.get(name, {}), name) for name, cls in _SECTIONS.items()}
     )

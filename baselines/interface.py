@@ -18,7 +18,15 @@ data, :func:`baselines.registry.model_info`). It provides
     ``seed`` and their mean;
 ``fit(dataset, stats, *, verbose=False)`` (only when ``info.needs_fit``)
     statistics estimated on the **train split** before training or evaluation (3D-Var's B,
-    VAE-Var's error scale), kept in the module's buffers or attributes so checkpoints carry them.
+    VAE-Var's error scale), kept in the module's buffers so that ``state_dict`` (and so every
+    checkpoint) carries them; returns the model. ``train.py`` calls it before training;
+    evaluation calls it before analysing.
+``configure_optimizers(train_config)`` (optional)
+    the optimiser to train with instead of AdamW (param groups may carry an ``lr_scale``
+    applied to the scheduled rate).
+
+``tests/baselines/test_contract_models.py`` checks all of this on every registered ``*_tiny``
+model.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+
+from dambench.exceptions import DambenchInputError
 
 OutputKind = Literal["deterministic", "gaussian", "ensemble"]
 OUTPUT_KINDS: tuple[str, ...] = ("deterministic", "gaussian", "ensemble")
@@ -126,7 +136,9 @@ class Analysis:
     def from_members(cls, members: torch.Tensor) -> Analysis:
         """Mean and spread (std over members, ddof 1 when N > 1) of ``members`` (B, N, C, H, W)."""
         if members.ndim != 5:
-            raise ValueError(f"members must be (B, N, C, H, W); got shape {tuple(members.shape)}.")
+            raise DambenchInputError(
+                f"members must be (B, N, C, H, W); got shape {tuple(members.shape)}."
+            )
         std = members.std(dim=1, unbiased=True) if members.shape[1] > 1 else None
         return cls(mean=members.mean(dim=1), std=std, members=members)
 
@@ -172,7 +184,23 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_KINDS:
-            raise ValueError(f"ModelInfo.output={self.output!r}; choose from {OUTPUT_KINDS}.")
+            raise DambenchInputError(
+                f"ModelInfo.output={self.output!r}; choose from {OUTPUT_KINDS}."
+            )
+        flags = ("trainable", "needs_fit", "supports_patches", "uses_modalities")
+        texts = ("paper", "code", "code_licence")
+        problems = [
+            f"{name} must be a bool" for name in flags if type(getattr(self, name)) is not bool
+        ]
+        problems += [
+            f"{name} must be a non-empty string"
+            for name in texts
+            if not (isinstance(getattr(self, name), str) and getattr(self, name).strip())
+        ]
+        if not isinstance(self.adapter_entry, str | None):
+            problems.append("adapter_entry must be a string or None")
+        if problems:
+            raise DambenchInputError(f"Invalid ModelInfo ({'; '.join(problems)}): {self}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,7 +228,7 @@ class BaselineModule(torch.nn.Module):
         """The analysis of ``batch`` (no gradients). ``members`` is refused: this model is not a
         sampler (its ``ModelInfo.output`` is not ``"ensemble"``)."""
         if members is not None:
-            raise ValueError(
+            raise DambenchInputError(
                 f"{type(self).__name__} does not sample ensembles; call analyse() without "
                 f"members (got members={members})."
             )

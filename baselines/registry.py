@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from baselines.interface import ModelInfo
+from dambench.exceptions import DambenchInputError
 
 _MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
 _INFO: dict[str, ModelInfo] = {}
@@ -35,7 +36,7 @@ def register_model(
     def decorate(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
         name = fn.__name__
         if name in _MODELS:
-            raise ValueError(f"Model {name!r} is registered twice.")
+            raise DambenchInputError(f"Model {name!r} is registered twice.")
         _MODELS[name] = fn
         _INFO[name] = info
         return fn
@@ -70,7 +71,9 @@ def variant_defaults(name: str) -> dict:
     """The default kwargs of a variant registered with :func:`register_variants`."""
     _import_models()
     if name not in _DEFAULTS:
-        raise ValueError(f"{name!r} is not a registered variant; variants: {sorted(_DEFAULTS)}.")
+        raise DambenchInputError(
+            f"{name!r} is not a registered variant; variants: {sorted(_DEFAULTS)}."
+        )
     return dict(_DEFAULTS[name])
 
 
@@ -99,7 +102,7 @@ def list_models(
 def _check_name(name: str) -> None:
     _import_models()
     if name not in _MODELS:
-        raise ValueError(f"Unknown model {name!r}; registered: {sorted(_MODELS)}.")
+        raise DambenchInputError(f"Unknown model {name!r}; registered: {sorted(_MODELS)}.")
 
 
 def model_info(name: str) -> ModelInfo:

@@ -1,36 +1,71 @@
-"""Train a DAMBench baseline: ``python baselines/train.py --config baselines/configs/NAME.yaml``.
+"""Train a DAMBench baseline: ``python -m baselines.train --config baselines/configs/NAME.yaml``.
+
+The script never names a model: it dispatches on the registered
+:class:`~baselines.interface.ModelInfo`. A model that is not trainable (Background, 3D-Var) is
+refused with a pointer to ``evaluate.py``; a model with ``needs_fit`` is fitted on the train
+split first (:meth:`fit`, its results kept in buffers and so in the checkpoints); patches
+(``task.patch``) are refused for a model without ``supports_patches``.
 
 AdamW with the paper's schedule (linear warm-up from 1e-5 to 1e-4 over the first sixth of the
-steps, cosine decay to 3e-6), mixed precision on GPU, gradient clipping, a fixed seed, JSONL logs,
-a checkpoint each epoch (``last.pt``) and the best one on validation (``best.pt``); re-running the
-same command resumes from ``last.pt``. Data-parallel with ``torchrun --nproc_per_node N
-baselines/train.py ...`` (NCCL on GPU, gloo on CPU); each rank takes every N-th sample of the same
-shuffled order, so N processes with batch b follow one process with batch N*b.
+steps, cosine decay to 3e-6) unless the model has a ``configure_optimizers(train_config)`` hook;
+mixed precision on GPU, gradient clipping, an optional EMA of the weights (``train.ema_decay``:
+the averaged weights are validated, evaluated and saved as the checkpoint's ``model``), a fixed
+seed, JSONL logs, a checkpoint each epoch (``last.pt``, with the optimiser and RNG states, so
+re-running the same command resumes bit-identically) and the best one on validation loss
+(``best.pt``). Validation uses the loss and its diagnostics; every ``train.sample_every`` epochs
+the inference step (``analyse``) also runs on ``train.sample_batches`` validation batches.
+Checkpoints are described in :mod:`baselines.checkpoint`.
+
+Data-parallel with ``torchrun --nproc_per_node N -m baselines.train ...`` (NCCL on GPU, gloo on
+CPU); each rank takes every N-th sample of the same shuffled order, so N processes with batch b
+follow one process with batch N*b.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import random
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import xarray as xr
 from tqdm.auto import tqdm
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from baselines.checkpoint import (
+    CheckpointError,
+    ResumeMismatchError,
+    config_differences,
+    dataset_digest,
+    load_checkpoint,
+    normalization_record,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from baselines.config import RunConfig, TrainConfig, load_run_config
+from baselines.interface import DABatch, ModelInfo
+from baselines.layers.ema import ModelEma
+from baselines.registry import create_model, model_info
+from dambench.exceptions import DambenchError, DambenchInputError
 
-from baselines.config import RunConfig, load_run_config  # noqa: E402
-from baselines.interface import DABatch  # noqa: E402
-from baselines.registry import create_model  # noqa: E402
+logger = logging.getLogger(__name__)
+_VALIDATION_SEED_OFFSET = 1_000_003
+"""Validation runs in a forked RNG seeded from the run's seed, so it never shifts training."""
 
 
-def learning_rate(step: int, total_steps: int, cfg) -> float:
+# --- schedule and sampling ---------------------------------------------------------------------
+
+
+def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
     """The paper's schedule at optimiser step ``step`` (0-based) of ``total_steps``."""
     warmup = max(1, int(round(cfg.warmup_fraction * total_steps)))
     if step < warmup:
@@ -86,8 +121,35 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def make_loaders(cfg: RunConfig, rank: int, world: int):
-    """Train and validation loaders, the normalisation stats and the channel count."""
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the legacy global generator, for third-party code)
+    random.seed(seed)
+
+
+# --- data and model ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """Loaders and what the checkpoints record about the data."""
+
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    train_ds: xr.Dataset
+    stats: xr.Dataset
+    channels: list[str]
+    dataset: dict[str, Any]
+
+    @property
+    def normalization(self) -> dict[str, list]:
+        return normalization_record(self.stats, self.channels)
+
+
+def make_loaders(cfg: RunConfig, rank: int, world: int) -> TrainData:
+    """Train and validation loaders, the train split, its statistics and the dataset record."""
     from dambench.batching import DATorchDataset, make_dataloader
     from dambench.load import open_dataset, stats_from_attrs
 
@@ -95,11 +157,20 @@ def make_loaders(cfg: RunConfig, rank: int, world: int):
     val_ds = open_dataset(cfg.task.dataset, split="validation")
     stats = stats_from_attrs(train_ds)
     seed = cfg.train.seed
+    info = model_info(cfg.model.name)
+    modalities = cfg.task.modalities
+    if modalities is None and not info.uses_modalities:
+        modalities = []  # nothing read for a model that ignores them
     train_samples = DATorchDataset(
-        train_ds, stats=stats, train=True, patch=cfg.task.patch, seed=seed
+        train_ds,
+        stats=stats,
+        train=True,
+        patch=cfg.task.patch,
+        seed=seed,
+        modalities=modalities,
     )  # with patches there are more samples than cycles
     sampler = EpochSampler(len(train_samples), rank=rank, world=world, seed=seed)
-    common = {"num_workers": cfg.task.num_workers, "seed": seed}
+    common = {"num_workers": cfg.task.num_workers, "seed": seed, "model_info": info}
     train = make_dataloader(
         train_samples, batch_size=cfg.task.batch_size, sampler=sampler, **common
     )
@@ -109,134 +180,66 @@ def make_loaders(cfg: RunConfig, rank: int, world: int):
         train=False,
         stats=stats,
         patch=cfg.task.patch,
+        modalities=train_samples.modality_names,  # the same M, in the same order
+        modality_stats=train_samples.modality_stats,  # the train split's, resolved once
         **common,
     )
-    return train, val, sampler, train_ds.sizes["channel"]
+    channels = [str(c) for c in train_ds["channel"].values]
+    record = {
+        "name": cfg.task.dataset,
+        "digest": dataset_digest(open_dataset(cfg.task.dataset)),
+        "channels": channels,
+    }
+    return TrainData(train, val, sampler, train_ds, stats, channels, record)
 
 
-def _checkpoint(path: Path, **state) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def check_trainable(cfg: RunConfig) -> ModelInfo:
+    """The model's :class:`ModelInfo`, after refusing what ``train.py`` cannot do with it."""
+    name = cfg.model.name
+    info = model_info(name)
+    if not info.trainable:
+        fitted = " (it is fitted on the train split by evaluate.py)" if info.needs_fit else ""
+        raise DambenchInputError(
+            f"Model {name!r} is not trainable (ModelInfo.trainable=False): it has no parameters "
+            f"to optimise{fitted}. Evaluate it directly with "
+            f"`python -m baselines.evaluate run --model {name}`."
+        )
+    if cfg.task.patch is not None and not info.supports_patches:
+        raise DambenchInputError(
+            f"Model {name!r} does not support patches (ModelInfo.supports_patches=False: it "
+            f"assumes the whole globe), but task.patch={cfg.task.patch}. Remove task.patch or "
+            "choose a model that supports patches."
+        )
+    return info
 
 
-def _log(path: Path, record: dict) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def build_model(cfg: RunConfig, data: TrainData, device: torch.device) -> torch.nn.Module:
+    """``create_model`` with ``in_chans`` from the data, fitted first when ``needs_fit``."""
+    model = create_model(cfg.model.name, **{"in_chans": len(data.channels), **cfg.model.kwargs})
+    if model.info.needs_fit:
+        model.fit(data.train_ds, data.stats, verbose=False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise DambenchInputError(
+            f"Model {cfg.model.name!r} is registered as trainable but has no parameters that "
+            "require gradients; fix its ModelInfo (trainable=False) or its constructor."
+        )
+    return model.to(device)
 
 
-def validate(model, loader, device) -> dict[str, float]:
-    """Mean loss and MSE (normalised units) over a loader."""
-    model.eval()
-    totals = {"loss": 0.0, "mse": 0.0}
-    count = 0
-    with torch.no_grad():
-        for raw in loader:
-            batch = DABatch.from_loader(raw).to(device)
-            totals["loss"] += float(model.loss(batch).loss) * batch.shape[0]
-            totals["mse"] += (
-                float(((model(batch).mean - batch.target) ** 2).mean()) * batch.shape[0]
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The model's ``configure_optimizers(cfg)`` when it has one, else AdamW over the
+    parameters that require gradients (learning rates are set per step by the schedule)."""
+    hook = getattr(model, "configure_optimizers", None)
+    if hook is not None:
+        optimizer = hook(cfg)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise DambenchInputError(
+                f"{type(model).__name__}.configure_optimizers must return a torch optimiser; "
+                f"got {type(optimizer).__name__}."
             )
-            count += batch.shape[0]
-    model.train()
-    return {name: value / max(count, 1) for name, value in totals.items()}
-
-
-def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
-    """Train (or resume) and return the final record (epoch, losses, best validation loss)."""
-    rank, world, device = setup_distributed()
-    torch.manual_seed(cfg.train.seed)
-    train_loader, val_loader, sampler, n_channels = make_loaders(cfg, rank, world)
-    kwargs = {"in_chans": n_channels, **cfg.model.kwargs}
-    model = create_model(cfg.model.name, **kwargs).to(device)
-    trainer = LossModule(model)
-    if world > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(trainer)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr_start, weight_decay=cfg.train.weight_decay
-    )
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    out = Path(cfg.train.out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = len(train_loader)
-    if cfg.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    start_epoch, step, best = 0, 0, float("inf")
-    last = out / "checkpoints" / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state["config"] != cfg.to_dict():
-            raise ValueError(
-                f"{last} was written by a run with a different config; resume with the same "
-                "config or choose another train.out."
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
-    if rank == 0:
-        _save_run_info(out, cfg, n_channels)
-    record = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
-        sampler.set_epoch(epoch)
-        train_loader.dataset.set_epoch(epoch)
-        losses = []
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not verbose or rank != 0)
-        for i, raw in enumerate(train_loader):
-            if i >= steps_per_epoch:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, cfg.train)
-            batch = DABatch.from_loader(raw).to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = trainer(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        bar.close()
-        metrics = validate(model, val_loader, device)
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": metrics["loss"],
-            "val_mse": metrics["mse"],
-            "lr": learning_rate(step - 1, total_steps, cfg.train),
-        }
-        if rank == 0:
-            _log(out / "log.jsonl", record)
-            if metrics["loss"] < best:
-                best = metrics["loss"]
-                _checkpoint(
-                    out / "checkpoints" / "best.pt",
-                    model=model.state_dict(),
-                    epoch=epoch,
-                    val_loss=best,
-                    config=cfg.to_dict(),
-                )
-            _checkpoint(
-                last,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(),
-                epoch=epoch,
-                step=step,
-                best=best,
-                config=cfg.to_dict(),
-            )
-        if world > 1:
-            dist.barrier()
-    record["best_val_loss"] = best
-    return record
+        return optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
 
 
 class LossModule(torch.nn.Module):
@@ -250,18 +253,286 @@ class LossModule(torch.nn.Module):
         return self.model.loss(batch).loss
 
 
-def _save_run_info(out: Path, cfg: RunConfig, n_channels: int) -> None:
+# --- the training state ------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """Everything a training run updates, saves and restores."""
+
+    cfg: RunConfig
+    data: TrainData
+    model: torch.nn.Module
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    ema: ModelEma | None = None
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scaler: torch.amp.GradScaler = field(init=False)
+    loss_module: torch.nn.Module = field(init=False)
+    start_epoch: int = 0
+    step: int = 0
+    best: float = float("inf")
+
+    def __post_init__(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.cfg.train)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.loss_module = LossModule(self.model)
+        if self.world > 1:
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(self.loss_module)
+
+    @property
+    def use_amp(self) -> bool:
+        return self.cfg.train.amp and self.device.type == "cuda"
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluation uses: the EMA copy when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    @property
+    def steps_per_epoch(self) -> int:
+        cap = self.cfg.train.max_steps_per_epoch
+        return len(self.data.train) if cap is None else min(len(self.data.train), cap)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.train.epochs
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.train.out)
+
+    def payload(self, epoch: int, *, resumable: bool) -> dict[str, Any]:
+        """The checkpoint dict (see :mod:`baselines.checkpoint`)."""
+        import dambench
+
+        state = {
+            "model": self.eval_model.state_dict(),
+            "config": self.cfg.to_dict(),
+            "model_name": self.cfg.model.name,
+            "model_info": self.model.info.to_dict(),
+            "dataset": self.data.dataset,
+            "normalization": self.data.normalization,
+            "versions": {"dambench": dambench.__version__, "torch": str(torch.__version__)},
+            "epoch": epoch,
+            "step": self.step,
+            "best": self.best,
+        }
+        if resumable:
+            if self.ema is not None:
+                state["raw_model"] = self.model.state_dict()
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_state(),
+                sampler_epoch=self.data.sampler.epoch,
+            )
+        return state
+
+    def resume(self, path: Path) -> None:
+        """Restore the state saved in ``path`` by a run with the same config and dataset."""
+        state = load_checkpoint(path, map_location=self.device, mmap=False)
+        differences = config_differences(state["config"], self.cfg.to_dict())
+        if differences:
+            raise ResumeMismatchError(
+                f"{path} was written by a run with a different config ({'; '.join(differences)})."
+                " Resume with the same config, or choose another train.out."
+            )
+        if state["dataset"] != self.data.dataset:
+            raise ResumeMismatchError(
+                f"{path} was trained on dataset {state['dataset']}; this run has "
+                f"{self.data.dataset}. Choose another train.out to start a new run."
+            )
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} holds no training state to resume from.")
+        self.model.load_state_dict(state["raw_model"] if self.ema is not None else state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.step, self.best = state["epoch"] + 1, state["step"], state["best"]
+        set_rng_state(state["rng"])
+
+
+# --- one epoch ---------------------------------------------------------------------------------
+
+
+def train_step(t: Trainer, batch: DABatch) -> float:
+    """One optimiser step (schedule, AMP, clipping, EMA); returns the loss."""
+    rate = learning_rate(t.step, t.total_steps, t.cfg.train)
+    for group in t.optimizer.param_groups:
+        group["lr"] = rate * group.get("lr_scale", 1.0)
+    with torch.autocast(t.device.type, enabled=t.use_amp):
+        loss = t.loss_module(batch)
+    if not t.use_amp and not torch.isfinite(loss):
+        raise DambenchError(
+            f"The training loss is {float(loss)} at step {t.step} (model {t.cfg.model.name!r}, "
+            f"lr {rate:.3g}); lower train.lr_peak or check the data."
+        )
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    t.scaler.unscale_(t.optimizer)
+    params = [p for group in t.optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, t.cfg.train.grad_clip)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    if t.ema is not None:
+        t.ema.update(t.model)
+    t.step += 1
+    return float(loss.detach())
+
+
+def train_epoch(t: Trainer, epoch: int, verbose: bool) -> list[float]:
+    """The optimiser steps of one epoch; returns their losses."""
+    t.data.sampler.set_epoch(epoch)
+    t.data.train.dataset.set_epoch(epoch)
+    t.model.train()
+    losses: list[float] = []
+    bar = tqdm(total=t.steps_per_epoch, desc=f"epoch {epoch}", disable=not verbose or t.rank != 0)
+    for i, raw in enumerate(t.data.train):
+        if i >= t.steps_per_epoch:
+            break
+        losses.append(train_step(t, DABatch.from_loader(raw).to(t.device)))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    return losses
+
+
+def validate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Batch-size-weighted means of the loss and its diagnostics (normalised units) over a
+    loader, without gradients and without running the model's inference step."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    with torch.no_grad():
+        for raw in loader:
+            batch = DABatch.from_loader(raw).to(device)
+            result = model.loss(batch)
+            n = batch.shape[0]
+            for name, value in {"loss": float(result.loss), **result.diagnostics}.items():
+                totals[name] = totals.get(name, 0.0) + float(value) * n
+            count += n
+    model.train(was_training)
+    return {name: value / max(count, 1) for name, value in totals.items()}
+
+
+def sample_analyses(model: torch.nn.Module, loader, device, cfg: TrainConfig) -> dict[str, float]:
+    """MSE (normalised) of ``model.analyse`` on the first ``cfg.sample_batches`` batches, and
+    the mean spread (``std``) when the analysis has one; ``members`` for ensemble models."""
+    members = cfg.sample_members if model.info.output == "ensemble" else None
+    was_training = model.training
+    model.eval()
+    totals = {"sample_mse": 0.0, "sample_spread": 0.0}
+    count, spread_count = 0, 0
+    for i, raw in enumerate(loader):
+        if i >= cfg.sample_batches:
+            break
+        batch = DABatch.from_loader(raw).to(device)
+        analysis = model.analyse(batch, members=members, seed=cfg.seed + i)
+        n = batch.shape[0]
+        totals["sample_mse"] += float(((analysis.mean - batch.target) ** 2).mean()) * n
+        count += n
+        if analysis.std is not None:
+            totals["sample_spread"] += float(analysis.std.mean()) * n
+            spread_count += n
+    model.train(was_training)
+    out = {"sample_mse": totals["sample_mse"] / max(count, 1)}
+    if spread_count:
+        out["sample_spread"] = totals["sample_spread"] / spread_count
+    return out
+
+
+def evaluate_epoch(t: Trainer, epoch: int) -> dict[str, float]:
+    """Validation diagnostics (and sampled analyses every ``sample_every`` epochs), in an RNG
+    forked from the run's seed so that validation never changes the training stream."""
+    cfg = t.cfg.train
+    devices = [t.device] if t.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed + _VALIDATION_SEED_OFFSET + epoch)
+        metrics = {f"val_{k}": v for k, v in validate(t.eval_model, t.data.val, t.device).items()}
+        if cfg.sample_every is not None and (epoch + 1) % cfg.sample_every == 0:
+            sampled = sample_analyses(t.eval_model, t.data.val, t.device, cfg)
+            metrics.update({f"val_{k}": v for k, v in sampled.items()})
+    return metrics
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _save_run_info(t: Trainer) -> None:
     import yaml
 
     import dambench
 
     info = {
-        "config": cfg.to_dict(),
+        "config": t.cfg.to_dict(),
+        "model_info": t.model.info.to_dict(),
+        "dataset": t.data.dataset,
         "dambench_version": dambench.__version__,
-        "n_channels": n_channels,
+        "n_channels": len(t.data.channels),
         "torch_version": str(torch.__version__),
     }
-    (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=True))
+    (t.out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=True))
+
+
+def _end_of_epoch(t: Trainer, epoch: int, record: dict) -> None:
+    """Log, keep the best checkpoint and write ``last.pt`` (rank 0 only)."""
+    if t.rank != 0:
+        return
+    _log(t.out / "log.jsonl", record)
+    checkpoints = t.out / "checkpoints"
+    if record["val_loss"] < t.best:
+        t.best = record["val_loss"]
+        save_checkpoint(checkpoints / "best.pt", t.payload(epoch, resumable=False))
+    save_checkpoint(checkpoints / "last.pt", t.payload(epoch, resumable=True))
+
+
+def setup(cfg: RunConfig) -> Trainer:
+    """Refuse what cannot be trained, seed, load the data, build (and fit) the model, and
+    resume from ``train.out/checkpoints/last.pt`` when it exists."""
+    check_trainable(cfg)
+    rank, world, device = setup_distributed()
+    seed_everything(cfg.train.seed)
+    data = make_loaders(cfg, rank, world)
+    model = build_model(cfg, data, device)
+    ema = None if cfg.train.ema_decay is None else ModelEma(model, cfg.train.ema_decay)
+    t = Trainer(cfg, data, model, device, rank=rank, world=world, ema=ema)
+    (t.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    last = t.out / "checkpoints" / "last.pt"
+    if last.exists():
+        t.resume(last)
+        logger.info("resumed %s at epoch %d, step %d", last, t.start_epoch, t.step)
+    if rank == 0:
+        _save_run_info(t)
+    return t
+
+
+def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
+    """Train (or resume) and return the final record (epoch, losses, best validation loss)."""
+    t = setup(cfg)
+    record: dict[str, Any] = {}
+    for epoch in range(t.start_epoch, cfg.train.epochs):
+        losses = train_epoch(t, epoch, verbose)
+        record = {
+            "epoch": epoch,
+            "step": t.step,
+            "train_loss": float(np.mean(losses)),
+            **evaluate_epoch(t, epoch),
+            "lr": learning_rate(t.step - 1, t.total_steps, cfg.train),
+        }
+        _end_of_epoch(t, epoch, record)
+        if t.world > 1:
+            dist.barrier()
+    record["best_val_loss"] = t.best
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

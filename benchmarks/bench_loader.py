@@ -8,10 +8,12 @@ so ``train`` defaults to False).
 
 - loader: one full pass ``for batch in loader`` over
   ``make_dataloader(ds, batch_size=1, num_workers=2, persistent_workers=True)``: every sample
-  read by the workers (target, background, observation and the two precipitation modalities, one
-  ``.values`` per variable and cycle), normalised, masked, converted to tensors, collated and
-  handed to the main process. The workers are started and warmed by one untimed pass first, so
-  start-up is excluded; the dataset is opened outside the timing.
+  read by the workers (target, background, observation and the two precipitation modalities, all
+  of a cycle's variables in one concurrent zarr read), normalised, masked, the modalities taken
+  into model space (``log1p``, z-score), the window's coordinates attached, converted to tensors,
+  collated and handed to the main process. The workers are started and warmed by one untimed
+  pass first, so start-up is excluded; the dataset is opened (and the modality statistics
+  resolved) outside the timing.
 - raw: in this one process, for each of the same cycles ``zarr.open_array(store / name)[i]`` for
   target, background and observation (arrays opened once, outside the timing) and the loader's
   normalisation arithmetic in numpy: ``((x - mean) / std)`` in float64 cast to float32 for the

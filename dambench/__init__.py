@@ -5,20 +5,20 @@ Importing the package registers the ``.dambench`` accessor on xarray Datasets an
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from dambench import accessor as _accessor  # noqa: F401  (registers ds.dambench)
 from dambench import schema
+from dambench._version import __version__
 from dambench.channels import channel_coords, from_channels, to_channels
 from dambench.exceptions import (
     DambenchError,
     DambenchInputError,
+    DambenchIntegrityError,
     DambenchSchemaError,
     DegenerateFieldWarning,
     MissingDependencyError,
 )
 from dambench.grid import CANONICAL_GRID, Grid, lat_weights, to_canonical
-from dambench.load import open_dataset, stats_from_attrs
+from dambench.load import load_rows, open_dataset, stats_from_attrs
 from dambench.metrics import (
     acc,
     bias,
@@ -26,25 +26,32 @@ from dambench.metrics import (
     evaluate,
     format_table3,
     mae,
+    metric_units,
     mse,
     rmse,
+    scores_to_frame,
+    spatial_mean,
     table3_row,
 )
 from dambench.normalize import channel_stats, denormalize, normalize
 from dambench.observe import observation_mask, observe
+from dambench.plot import plot_error_maps, plot_maps, plot_spectra, zonal_energy_spectrum
+from dambench.regions import PERIODS, REGIONS, Region, period_labels, region_weights, resolve_region
 from dambench.regrid import Regridder, regrid
+from dambench.scoring import PredictionWriter, evaluate_predictions, open_predictions
 from dambench.spectral import spec_div, spec_res
 from dambench.validate import validate
-
-try:
-    __version__ = version("dambench")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0+unknown"
+from dambench.verify import verify
 
 __all__ = [
     "CANONICAL_GRID",
+    "PERIODS",
+    "PredictionWriter",
+    "REGIONS",
+    "Region",
     "DambenchError",
     "DambenchInputError",
+    "DambenchIntegrityError",
     "DambenchSchemaError",
     "DegenerateFieldWarning",
     "Grid",
@@ -58,18 +65,30 @@ __all__ = [
     "crps",
     "denormalize",
     "evaluate",
+    "evaluate_predictions",
     "format_table3",
     "from_channels",
     "lat_weights",
+    "load_rows",
     "mae",
+    "metric_units",
     "mse",
     "normalize",
     "observation_mask",
     "observe",
+    "open_predictions",
     "open_dataset",
+    "period_labels",
+    "plot_error_maps",
+    "plot_maps",
+    "plot_spectra",
+    "region_weights",
     "regrid",
+    "resolve_region",
     "rmse",
     "schema",
+    "scores_to_frame",
+    "spatial_mean",
     "spec_div",
     "spec_res",
     "stats_from_attrs",
@@ -77,4 +96,6 @@ __all__ = [
     "to_canonical",
     "to_channels",
     "validate",
+    "verify",
+    "zonal_energy_spectrum",
 ]

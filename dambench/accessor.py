@@ -19,7 +19,8 @@ from dambench._typing import XrObject
 from dambench.channels import from_channels, to_channels
 from dambench.exceptions import DambenchInputError, MissingDependencyError
 from dambench.grid import lat_weights, to_canonical
-from dambench.normalize import channel_stats, denormalize, normalize
+from dambench.load import stats_from_attrs
+from dambench.normalize import denormalize, normalize
 from dambench.observe import observe
 from dambench.validate import validate
 
@@ -42,6 +43,28 @@ def _field_to_torch(da: xr.DataArray, dtype: Any = None):
         values = np.ascontiguousarray(values)
     tensor = torch.from_numpy(values)
     return tensor if dtype is None else tensor.to(dtype)
+
+
+def stored_train_stats(obj: XrObject) -> xr.Dataset:
+    """The train-split statistics recorded in ``obj.attrs["normalization"]`` (a dataset from
+    :func:`dambench.open_dataset`, or a DataArray given those attrs).
+
+    Raises
+    ------
+    DambenchInputError
+        If ``obj`` records none: its own statistics would leak the split being normalised, so
+        the caller must pass train statistics explicitly.
+    """
+    if not obj.attrs.get("normalization"):
+        kind = type(obj).__name__
+        raise DambenchInputError(
+            f"This {kind} records no train-split statistics (no attrs['normalization']), and its "
+            "own statistics would leak the split being normalised. Pass "
+            "stats=dambench.stats_from_attrs(ds) for ds from dambench.open_dataset, or "
+            "stats=dambench.channel_stats(train_field) computed on the train split."
+        )
+    holder = obj if isinstance(obj, xr.Dataset) else xr.Dataset(attrs=obj.attrs)
+    return stats_from_attrs(holder)
 
 
 class _DambenchAccessor:
@@ -136,8 +159,9 @@ class DambenchDataArrayAccessor(_DambenchAccessor):
         return observe(self._obj, **kwargs)
 
     def normalize(self, stats: xr.Dataset | None = None) -> xr.DataArray:
-        """Z-score per channel with ``stats`` (default: this field's own statistics)."""
-        return normalize(self._obj, channel_stats(self._obj) if stats is None else stats)
+        """Z-score per channel with ``stats``; default: the train statistics recorded in the
+        attrs (see :func:`stored_train_stats`), never this field's own."""
+        return normalize(self._obj, stored_train_stats(self._obj) if stats is None else stats)
 
     def denormalize(self, stats: xr.Dataset) -> xr.DataArray:
         """Undo :meth:`normalize` with the same ``stats``."""
@@ -172,8 +196,9 @@ class DambenchDatasetAccessor(_DambenchAccessor):
         return self._obj.assign(observation=observe(self._truth(), **kwargs))
 
     def normalize(self, stats: xr.Dataset | None = None) -> xr.Dataset:
-        """Z-score every stacked variable with ``stats`` (default: statistics of the truth)."""
-        stats = channel_stats(self._truth()) if stats is None else stats
+        """Z-score every stacked variable with ``stats``; default: the train statistics recorded
+        in the attrs (see :func:`stored_train_stats`), never this split's own."""
+        stats = stored_train_stats(self._obj) if stats is None else stats
         return self._assign_fields(normalize, stats)
 
     def denormalize(self, stats: xr.Dataset) -> xr.Dataset:

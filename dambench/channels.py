@@ -87,7 +87,7 @@ def to_channels(ds: xr.Dataset, channels: Sequence[str] | None = None) -> xr.Dat
     DataArray named ``"state"`` with channel coordinates (see :func:`channel_coords`); lazy if
     ``ds`` is.
     """
-    available = _available_channels(ds)
+    available = available_channels(ds)
     if channels is None:
         recorded = ds.attrs.get(CHANNELS_ATTR)
         channels = [c for c in recorded if c in available] if recorded else available
@@ -120,7 +120,9 @@ def to_channels(ds: xr.Dataset, channels: Sequence[str] | None = None) -> xr.Dat
     return stacked
 
 
-def _available_channels(ds: xr.Dataset) -> list[str]:
+def available_channels(ds: xr.Dataset) -> list[str]:
+    """Schema channels a per-variable Dataset holds (in schema order), read from its variable
+    names and ``level`` coordinate only (no data is read)."""
     found = set()
     for name in schema.CHANNELS:
         var = schema.CHANNEL_VARIABLE[name]

@@ -15,6 +15,11 @@ class DambenchInputError(DambenchError, ValueError):
     """An argument is invalid (bad option, bad weights, NaN where none are allowed)."""
 
 
+class DambenchIntegrityError(DambenchError, ValueError):
+    """A dataset folder or store cannot be trusted: an unfinished build, or files that are missing,
+    changed or not listed in its ``manifest.json``. The message names the files and the fix."""
+
+
 class MissingDependencyError(DambenchError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 

@@ -44,7 +44,18 @@ def _aligned_stats(field: xr.DataArray, stats: xr.Dataset) -> tuple[xr.DataArray
 
 
 def normalize(field: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
-    """``(field - mean) / std`` per channel; keeps dtype and NaNs and sets ``units`` to ``"1"``."""
+    """``(field - mean) / std`` per channel; keeps dtype and NaNs and sets ``units`` to ``"1"``.
+
+    ``stats`` should be the train split's (:func:`dambench.stats_from_attrs` of an opened
+    dataset, or :func:`channel_stats` of the train field): statistics of the split being
+    normalised leak it. A field already marked ``attrs["normalized"]`` is refused (normalising
+    twice gives silently wrong values).
+    """
+    if field.attrs.get("normalized"):
+        raise DambenchInputError(
+            f"{field.name or 'The field'} is already normalised (attrs['normalized'] is set); "
+            "denormalize it first, or drop that attribute if its values are in physical units."
+        )
     mean, std = _aligned_stats(field, stats)
     out = ((field - mean) / std).astype(field.dtype)
     if "units" in field.coords:

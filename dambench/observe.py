@@ -3,7 +3,9 @@
 Masks and noise are deterministic functions of ``(seed, time, channel)``: each draw uses numpy's
 ``SeedSequence([seed, stream, year, month, day, hour, minute, second, channel_key])`` with PCG64,
 so the same call gives the same observations on any machine, for any chunking, and a channel's
-draw does not depend on which other channels are present. numpy does not promise identical
+draw does not depend on which other channels are present. Each draw covers the whole (latitude,
+longitude) field of one (time, channel); a dask block cuts its own window out of it, so lazy and
+eager results are identical bit for bit. numpy does not promise identical
 random streams across all of its future versions (NEP 19), which is why the benchmark *stores*
 its validation and test observations instead of regenerating them; training may redraw freely.
 
@@ -100,54 +102,113 @@ def _check_options(pattern: str, ratio: float, stations) -> None:
         raise DambenchInputError("pattern='stations' needs stations=(latitudes, longitudes).")
 
 
-def _block_mask(
-    block: xr.DataArray, pattern: str, ratio: float, seed: int, stations_rc
-) -> np.ndarray:
-    """Boolean mask with the block's shape, drawn time by time and channel by channel."""
-    n_lat, n_lon = block.sizes[schema.LATITUDE], block.sizes[schema.LONGITUDE]
-    times = block[schema.TIME].values if schema.TIME in block.dims else [None]
-    channels = (
-        block[schema.CHANNEL].values.tolist() if schema.CHANNEL in block.dims else [block.name]
-    )
-    out = np.zeros((len(times), len(channels), n_lat, n_lon), dtype=bool)
+def _draw_times(field: xr.DataArray) -> np.ndarray:
+    """The times that key the draws: the time dim, a scalar time coordinate, or ``[None]``."""
+    if schema.TIME in field.dims:
+        return np.asarray(field[schema.TIME].values)
+    if schema.TIME in field.coords and field[schema.TIME].ndim == 0:
+        return np.asarray([field[schema.TIME].values])
+    return np.asarray([None], dtype=object)
+
+
+def _draw_channels(field: xr.DataArray) -> list:
+    """The channel names that key the draws: the channel dim, a scalar channel coordinate, or
+    the field's name."""
+    if schema.CHANNEL in field.dims:
+        return [str(c) for c in field[schema.CHANNEL].values.tolist()]
+    if schema.CHANNEL in field.coords and field[schema.CHANNEL].ndim == 0:
+        return [str(field[schema.CHANNEL].values.item())]
+    return [field.name]
+
+
+def _mask_draw(pattern: str, ratio: float, seed: int, stations_rc, full_shape):
+    """``draw(times, channels, window) -> bool (time, channel, *window)``; every draw is over
+    the whole ``full_shape`` (latitude, longitude) field and then cut to ``window``."""
+    stations_map = None
     if pattern == "stations":
-        out[:, :, stations_rc[0], stations_rc[1]] = True
-    for i, time in enumerate(times):
-        key = _time_key(time)
-        if pattern == "columns":
-            out[i] = _rng(seed, _COLUMN_STREAM, key).random((n_lat, n_lon)) < ratio
-        elif pattern == "random":
+        stations_map = np.zeros(full_shape, dtype=bool)
+        stations_map[stations_rc[0], stations_rc[1]] = True
+
+    def draw(times, channels, window) -> np.ndarray:
+        rows, cols = window
+        shape = (len(times), len(channels), rows.stop - rows.start, cols.stop - cols.start)
+        out = np.zeros(shape, dtype=bool)
+        if pattern == "stations":
+            out[...] = stations_map[rows, cols]
+            return out
+        for i, time in enumerate(times):
+            key = _time_key(time)
+            if pattern == "columns":
+                out[i] = (_rng(seed, _COLUMN_STREAM, key).random(full_shape) < ratio)[rows, cols]
+                continue
             for j, channel in enumerate(channels):
                 rng = _rng(seed, _MASK_STREAM, key, _channel_key(channel))
-                out[i, j] = rng.random((n_lat, n_lon)) < ratio
-    return _to_block_layout(out, block)
+                out[i, j] = (rng.random(full_shape) < ratio)[rows, cols]
+        return out
+
+    return draw
 
 
-def _block_noise(block: xr.DataArray, seed: int, std_by_channel: Mapping) -> np.ndarray:
-    n_lat, n_lon = block.sizes[schema.LATITUDE], block.sizes[schema.LONGITUDE]
-    times = block[schema.TIME].values if schema.TIME in block.dims else [None]
-    channels = (
-        block[schema.CHANNEL].values.tolist() if schema.CHANNEL in block.dims else [block.name]
+def _noise_draw(seed: int, std_by_channel: Mapping, full_shape):
+    """``draw(times, channels, window) -> float64 (time, channel, *window)`` of N(0, std**2)
+    noise, drawn over the whole ``full_shape`` field and cut to ``window``."""
+
+    def draw(times, channels, window) -> np.ndarray:
+        rows, cols = window
+        out = np.zeros((len(times), len(channels), rows.stop - rows.start, cols.stop - cols.start))
+        for i, time in enumerate(times):
+            key = _time_key(time)
+            for j, channel in enumerate(channels):
+                std = std_by_channel[channel]
+                if std > 0:
+                    rng = _rng(seed, _NOISE_STREAM, key, _channel_key(channel))
+                    out[i, j] = std * rng.standard_normal(full_shape)[rows, cols]
+        return out
+
+    return draw
+
+
+def _to_layout(values: np.ndarray, dims: tuple) -> np.ndarray:
+    """(time, channel, latitude, longitude) draws -> ``dims`` (absent time/channel dropped)."""
+    drawn = list(schema.CANONICAL_DIMS)
+    for axis, dim in reversed(list(enumerate(schema.CANONICAL_DIMS[:2]))):
+        if dim not in dims:
+            values = values[(slice(None),) * axis + (0,)]
+            drawn.remove(dim)
+    return values.transpose([drawn.index(d) for d in dims])
+
+
+def _drawn_like(field: xr.DataArray, draw, dtype, name: str, token) -> np.ndarray:
+    """The draws laid out like ``field``: a numpy array, or a dask array with ``field``'s chunks
+    whose blocks each draw their own times, channels and (latitude, longitude) window.
+
+    The dask graph depends on no input data; its name is ``name`` plus a token of every setting
+    (``token``), so two different draws never share a task name.
+    """
+    times, channels = _draw_times(field), _draw_channels(field)
+    axes = {dim: i for i, dim in enumerate(field.dims)}
+
+    def block(location) -> np.ndarray:
+        def span(dim: str) -> slice:
+            return slice(*location[axes[dim]]) if dim in axes else slice(0, 1)
+
+        window = (span(schema.LATITUDE), span(schema.LONGITUDE))
+        values = draw(times[span(schema.TIME)], channels[span(schema.CHANNEL)], window)
+        return _to_layout(values, field.dims)
+
+    if field.chunks is None:
+        return block([(0, size) for size in field.shape])
+    import dask.array as dsa
+    from dask.base import tokenize
+
+    def dask_block(block_info=None) -> np.ndarray:
+        return block(block_info[None]["array-location"])
+
+    key = tokenize(token, times, channels, field.dims, field.shape, field.chunks)
+    meta = np.empty((0,) * field.ndim, dtype=dtype)
+    return dsa.map_blocks(
+        dask_block, chunks=field.chunks, dtype=dtype, meta=meta, name=f"{name}-{key}"
     )
-    out = np.zeros((len(times), len(channels), n_lat, n_lon), dtype=np.float64)
-    for i, time in enumerate(times):
-        key = _time_key(time)
-        for j, channel in enumerate(channels):
-            std = std_by_channel[channel]
-            if std > 0:
-                rng = _rng(seed, _NOISE_STREAM, key, _channel_key(channel))
-                out[i, j] = std * rng.standard_normal((n_lat, n_lon))
-    return _to_block_layout(out, block)
-
-
-def _to_block_layout(values: np.ndarray, block: xr.DataArray) -> np.ndarray:
-    """(time, channel, lat, lon) draws -> the block's own dims (missing time/channel squeezed)."""
-    dims = [schema.TIME, schema.CHANNEL, schema.LATITUDE, schema.LONGITUDE]
-    arr = xr.DataArray(values, dims=dims)
-    for dim in (schema.TIME, schema.CHANNEL):
-        if dim not in block.dims:
-            arr = arr.isel({dim: 0})
-    return arr.transpose(*block.dims).values
 
 
 def _check_field(field: xr.DataArray) -> None:
@@ -174,24 +235,28 @@ def observation_mask(
     Parameters
     ----------
     field
-        The truth, dims within ``(time, channel, latitude, longitude)``.
+        The truth, dims within ``(time, channel, latitude, longitude)`` in any order; a scalar
+        ``time`` or ``channel`` coordinate keys the draw like the matching dim would.
     pattern, ratio, seed, stations
         See the module docstring; ``stations`` is ``(latitudes, longitudes)`` in degrees.
+
+    Returns
+    -------
+    DataArray named ``mask``. On dask input it is a dask array with the field's chunks that reads
+    none of the field's data and equals the eager mask bit for bit, whatever the chunking.
     """
     _check_field(field)
     _check_options(pattern, ratio, stations)
+    full_shape = (field.sizes[schema.LATITUDE], field.sizes[schema.LONGITUDE])
     stations_rc = None
     if pattern == "stations":
         stations_rc = station_indices(
             field[schema.LATITUDE].values, field[schema.LONGITUDE].values, *stations
         )
-
-    def draw(block: xr.DataArray) -> xr.DataArray:
-        values = _block_mask(block, pattern, ratio, seed, stations_rc)
-        return xr.DataArray(values, dims=block.dims, coords=block.coords, name="mask")
-
-    template = field.astype(bool).rename("mask")
-    mask = xr.map_blocks(draw, field, template=template) if field.chunks else draw(field)
+    draw = _mask_draw(pattern, ratio, seed, stations_rc, full_shape)
+    token = ("mask", pattern, ratio, seed, stations_rc)
+    data = _drawn_like(field, draw, bool, "dambench-observation-mask", token)
+    mask = xr.DataArray(data, dims=field.dims, coords=field.coords, name="mask")
     mask.attrs = {"pattern": pattern, "seed": seed}
     if pattern == "stations":
         mask.attrs["n_stations"] = len(stations_rc[0])
@@ -202,12 +267,14 @@ def observation_mask(
 
 def noise_std(field: xr.DataArray, noise: NoiseLike = "default") -> dict:
     """Per-channel observation-error standard deviation for ``field``'s channels."""
-    channels = (
-        field[schema.CHANNEL].values.tolist() if schema.CHANNEL in field.dims else [field.name]
-    )
+    channels = _draw_channels(field)
     if noise is None:
         return dict.fromkeys(channels, 0.0)
-    if noise == "default":
+    if isinstance(noise, str):
+        if noise != "default":
+            raise DambenchInputError(
+                f"noise={noise!r}: use 'default', a number, a channel -> std mapping or None."
+            )
         if field.attrs.get("normalized"):
             raise DambenchInputError(
                 "Default observation errors are in physical units but the field is normalised; "
@@ -252,24 +319,23 @@ def observe(
 
     Returns
     -------
-    DataArray named ``observation``, same dims, coords and dtype as ``field``; attrs record the
-    settings. ``observation.notnull()`` is the mask.
+    DataArray named ``observation``, same dims, coords and dtype as a floating ``field``
+    (integer fields give float64); attrs record the settings. ``observation.notnull()`` is the
+    mask. The noise is drawn in float64, added, and the sum cast to the field's dtype. On dask
+    input the result is lazy, with the field's chunks, and equals the eager result bit for bit
+    for any chunking (each block draws whole (latitude, longitude) fields, so chunking in
+    latitude or longitude repeats that work once per tile).
     """
     mask = observation_mask(field, pattern=pattern, ratio=ratio, seed=seed, stations=stations)
     std = noise_std(field, noise)
+    values = field.data
     if any(s > 0 for s in std.values()):
-
-        def draw(block: xr.DataArray) -> xr.DataArray:
-            return xr.DataArray(
-                _block_noise(block, seed, std), dims=block.dims, coords=block.coords
-            )
-
-        template = field.astype(np.float64)
-        eps = xr.map_blocks(draw, field, template=template) if field.chunks else draw(field)
-        values = (field + eps).astype(field.dtype)
-    else:
-        values = field
-    out = values.where(mask)
+        full_shape = (field.sizes[schema.LATITUDE], field.sizes[schema.LONGITUDE])
+        draw = _noise_draw(seed, std, full_shape)
+        token = ("noise", seed, sorted(std.items()))
+        eps = _drawn_like(field, draw, np.float64, "dambench-observation-noise", token)
+        values = (values + eps).astype(field.dtype)
+    out = field.copy(data=np.where(mask.data, values, np.nan))
     out.name = "observation"
     out.attrs = {**field.attrs, **mask.attrs, "noise": str(noise)}
     return out

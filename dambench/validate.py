@@ -21,14 +21,17 @@ def validate(
     *,
     channels: Sequence[str] | Literal["all"] | None = None,
     grid: Grid = CANONICAL_GRID,
-    allow_nan: Sequence[str] = ("observation",),
+    allow_nan: Sequence[str] = ("observation", *schema.MODALITIES),
     check_values: bool = False,
 ) -> XrObject:
     """Check ``obj`` against the schema and return it unchanged.
 
     Checks dims and their order, the grid size, spacing and orientation, channel names and order,
     that times are sorted and unique, and units. With ``check_values=True`` also computes whether
-    fields hold NaN (allowed only in the variables named in ``allow_nan``).
+    fields hold NaN (allowed only in the variables named in ``allow_nan``: by default
+    ``observation``, where NaN marks an unobserved point, and the modalities of
+    :data:`dambench.schema.MODALITIES`, where NaN marks an absent value; so a dataset from
+    :func:`dambench.open_dataset` passes).
 
     Parameters
     ----------
@@ -39,6 +42,10 @@ def validate(
         Channels that must be present (``"all"``: the 69). Default: any subset in schema order.
     grid
         The expected grid.
+    allow_nan
+        Variables of a Dataset that may hold NaN under ``check_values``.
+    check_values
+        Also read the values and refuse NaN outside ``allow_nan`` (reads the whole object).
 
     Raises
     ------

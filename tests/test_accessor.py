@@ -1,3 +1,4 @@
+import json
 import sys
 
 import numpy as np
@@ -107,10 +108,26 @@ def test_normalize_round_trip_and_methods(triplet):
     assert back["target"]["units"].values.tolist() == triplet["target"]["units"].values.tolist()
     # NaNs of the observation survive
     assert (normed["observation"].isnull() == triplet["observation"].isnull()).all()
-    # default stats come from the truth
-    xr.testing.assert_identical(triplet.dambench.normalize(), normed)
+    # without stats the accessor uses the recorded train statistics, never the object's own
+    recorded = triplet.assign_attrs(normalization=_normalization_attrs(stats))
+    xr.testing.assert_identical(
+        recorded.dambench.normalize()["target"], dambench.normalize(triplet["target"], stats)
+    )
+    with pytest.raises(dambench.DambenchInputError, match="stats_from_attrs"):
+        triplet.dambench.normalize()
     with pytest.raises(dambench.DambenchInputError, match="lack channels"):
         dambench.normalize(triplet["target"], stats.isel(channel=[0]))
+
+
+def _normalization_attrs(stats):
+    """The ``normalization`` attribute a built store records (read by ``stats_from_attrs``)."""
+    recorded = {
+        "split": "train",
+        "channels": stats["channel"].values.tolist(),
+        "mean": stats["mean"].values.tolist(),
+        "std": stats["std"].values.tolist(),
+    }
+    return json.dumps(recorded)
 
 
 def test_to_torch_shares_memory_and_orders_dims(triplet):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from dambench import schema  # noqa: E402
 from dambench.exceptions import DambenchInputError, MissingDependencyError  # noqa: E402
 from dambench.load import ensure_embedded, open_dataset, stats_from_attrs  # noqa: E402
+from dambench.modalities import to_model_space  # noqa: E402
 from dambench.normalize import normalize  # noqa: E402
 
 batching = importlib.import_module("dambench.batching")
@@ -70,12 +71,16 @@ def test_whole_globe_samples_and_batches(test_ds):
     assert sample["time"].dtype == torch.int64 and sample["time"].shape == ()
     assert sample["time"].item() == test_ds["time"].values[0].astype("datetime64[ns]").astype(int)
     assert sample["origin"].tolist() == [0, 0]
+    assert sample["latitude"].dtype == sample["longitude"].dtype == torch.float32
+    np.testing.assert_array_equal(sample["latitude"].numpy(), test_ds["latitude"].values)
+    np.testing.assert_array_equal(sample["longitude"].numpy(), test_ds["longitude"].values)
 
     batch = next(iter(make_dataloader(test_ds, batch_size=2)))
     assert batch["target"].shape == (2, n_channel, H, W)
     assert batch["modalities"].shape == (2, 2, H, W)
     assert batch["modality_present"].shape == (2, 2)
     assert batch["time"].shape == (2,) and batch["origin"].shape == (2, 2)
+    assert batch["latitude"].shape == (2, H) and batch["longitude"].shape == (2, W)
     assert all(t.is_contiguous() for t in batch.values())
 
 
@@ -84,6 +89,8 @@ def test_dabatch_from_loader(test_ds):
     batch = interface.DABatch.from_loader(next(iter(make_dataloader(test_ds, batch_size=2))))
     assert batch.shape == (2, test_ds.sizes["channel"], H, W)
     assert batch.modality_present.shape == (2, 2)
+    assert batch.latitude.shape == (2, H) and batch.longitude.shape == (2, W)
+    assert batch.latitude[0, 0].item() == 90.0 and batch.longitude[0, -1].item() == 358.5
 
 
 def test_patches_count_positions_and_values(train_ds):
@@ -116,10 +123,12 @@ def test_patches_count_positions_and_values(train_ds):
     for key in ("background", "observation", "mask", "target", "modalities"):
         assert patch[key].shape[-2:] == (64, 64)
         assert torch.equal(patch[key], reference[key][:, row : row + 64, col : col + 64]), key
-    # xbatcher's own window for this sample covers the same points
+    # xbatcher's own window for this sample covers the same points, and the sample says which
     view = overlapped.generator[index]
     assert view["latitude"].values[0] == train_ds["latitude"].values[row]
     assert view["longitude"].values[0] == train_ds["longitude"].values[col]
+    np.testing.assert_array_equal(patch["latitude"].numpy(), view["latitude"].values)
+    np.testing.assert_array_equal(patch["longitude"].numpy(), view["longitude"].values)
 
     one_dim = DATorchDataset(train_ds, patch={"longitude": 60}, train=False)
     assert one_dim.sample_shape[1:] == (H, 60) and one_dim.windows_per_time == 4
@@ -191,7 +200,8 @@ def test_validation_samples_are_the_stored_fields_normalised(folder, chunks):
     observed = normalize(ds["observation"], stats).values
     np.testing.assert_array_equal(got["mask"], np.isfinite(observed).astype(np.float32))
     np.testing.assert_array_equal(got["observation"], np.nan_to_num(observed, nan=0.0))
-    np.testing.assert_array_equal(got["modalities"][:, 0], np.nan_to_num(ds["precip"].values))
+    precip = to_model_space(ds["precip"].values, "precip", loader.dataset.modality_stats)
+    np.testing.assert_array_equal(got["modalities"][:, 0], np.nan_to_num(precip).astype("f4"))
     times = ds["time"].values.astype("datetime64[ns]").astype(int)
     np.testing.assert_array_equal(got["time"], times)
 
@@ -356,8 +366,14 @@ def test_incomplete_last_batch_is_kept(test_ds):
 def test_modalities_and_presence(test_ds):
     precip = test_ds["precip"].values
     assert np.isnan(precip).any() and np.isfinite(precip).any(axis=(1, 2)).all()
-    sample = DATorchDataset(test_ds)[0]
-    np.testing.assert_array_equal(sample["modalities"][0].numpy(), np.nan_to_num(precip[0]))
+    dataset = DATorchDataset(test_ds)
+    sample = dataset[0]
+    expected = to_model_space(precip[0], "precip", dataset.modality_stats)
+    expected = np.nan_to_num(expected).astype(np.float32)  # float64 arithmetic, then rounded
+    np.testing.assert_array_equal(sample["modalities"][0].numpy(), expected)
+    # gauge counts: a density channel, log1p of the count (0 without a station)
+    gauges = test_ds["precip_gauges"].values[0]
+    np.testing.assert_allclose(sample["modalities"][1].numpy(), np.log1p(gauges), rtol=1e-6)
     assert sample["modality_present"].tolist() == [1.0, 1.0]
     assert "olr" not in DATorchDataset(test_ds).modality_names
     assert torch.isfinite(sample["modalities"]).all()
@@ -399,41 +415,10 @@ def test_patch_presence_is_per_patch(test_ds):
 
 def test_missing_torch_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "dambench.batching")
+    for name in [m for m in sys.modules if m.split(".")[:2] == ["dambench", "batching"]]:
+        monkeypatch.delitem(sys.modules, name)
     with pytest.raises(MissingDependencyError, match=r"pip install 'dambench\[torch\]'"):
         importlib.import_module("dambench.batching")
-
-
-def test_window_starts_without_xbatcher_internals(test_ds):
-    patches = DATorchDataset(
-        test_ds,
-        patch={"latitude": 64, "longitude": 64},
-        patch_overlap={"latitude": 7, "longitude": 48},
-    )
-
-    class PublicOnly:  # just BatchGenerator's public iteration protocol
-        def __init__(self, generator):
-            self.generator = generator
-
-        def __iter__(self):
-            return iter(self.generator)
-
-    starts = batching._window_starts(PublicOnly(patches.generator), test_ds)
-    np.testing.assert_array_equal(starts, patches.windows)
-
-
-def test_direct_zarr_reads_only_for_plain_views(folder):
-    test_ds = open_dataset(folder, split="test")  # fresh: reading .values caches a variable
-    assert batching._zarr_view(test_ds["target"].variable) is not None
-    array, positions, rest = batching._zarr_view(test_ds["precip"].variable)
-    full_times = open_dataset(folder)["time"].values
-    np.testing.assert_array_equal(full_times[positions], test_ds["time"].values)
-    flipped = test_ds.isel(latitude=slice(None, None, -1))
-    assert batching._zarr_view(flipped["target"].variable) is None
-    assert batching._zarr_view(test_ds.chunk({})["target"].variable) is None
-    assert batching._zarr_view((test_ds["target"] + 1).variable) is None
-    _ = test_ds["background"].values  # now cached in memory: read from there
-    assert batching._zarr_view(test_ds["background"].variable) is None
 
 
 def test_subclass_keys_survive_collation(test_ds):

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dambench import CANONICAL_GRID, DambenchInputError, Grid, lat_weights, to_canonical
-from dambench.grid import resolve_weights
+from dambench.grid import resolve_weights, spatial_mean, weight_matrix
 
 
 def test_canonical_grid_coordinates():
@@ -120,3 +120,52 @@ def test_to_canonical_idempotent_under_roll(shift):
     base = to_canonical(_wb2_style(rng.random((1, 240, 121))))
     rolled = base.roll(longitude=shift, roll_coords=True)
     assert to_canonical(rolled).identical(base)
+
+
+def _grid_field(values):
+    return xr.DataArray(
+        values,
+        dims=("latitude", "longitude"),
+        coords={"latitude": [10.0, 0.0, -10.0], "longitude": [0.0, 90.0, 180.0, 270.0]},
+    )
+
+
+def test_two_dimensional_weights_match_the_data_by_coordinate_value():
+    template = _grid_field(np.zeros((3, 4)))
+    raw = np.arange(1.0, 13.0).reshape(3, 4)
+    # same weights given transposed, latitude ascending, longitudes -180..180
+    other_layout = _grid_field(raw).transpose("longitude", "latitude").isel(latitude=[2, 1, 0])
+    other_layout = other_layout.assign_coords(longitude=[0.0, 90.0, -180.0, -90.0])
+    resolved = resolve_weights(other_layout, template).transpose("latitude", "longitude")
+    np.testing.assert_array_equal(resolved.values, raw)
+    np.testing.assert_array_equal(weight_matrix(other_layout, template), raw)
+    # 1-D latitude weights broadcast along longitude; None is uniform
+    lat_only = xr.DataArray([1.0, 2.0, 3.0], dims="latitude", coords={"latitude": [-10, 0, 10]})
+    np.testing.assert_array_equal(weight_matrix(lat_only, template)[:, 0], [3.0, 2.0, 1.0])
+    np.testing.assert_array_equal(weight_matrix(None, template), np.ones((3, 4)))
+
+
+def test_weights_on_another_grid_or_dim_are_refused():
+    template = _grid_field(np.zeros((3, 4)))
+    shifted = _grid_field(np.ones((3, 4))).assign_coords(latitude=[10.5, 0.5, -9.5])
+    with pytest.raises(DambenchInputError, match="latitude coordinates do not match"):
+        resolve_weights(shifted, template)
+    with pytest.raises(DambenchInputError, match="subset of"):
+        resolve_weights(xr.DataArray([1.0, 2.0], dims="time"), template)
+    with pytest.raises(DambenchInputError, match="2 longitude points, the data has 4"):
+        resolve_weights(xr.DataArray([1.0, 2.0], dims="longitude"), template.drop_vars("longitude"))
+    with pytest.raises(DambenchInputError, match="only poles"):
+        lat_weights(np.array([90.0, -90.0]), "cos")
+
+
+def test_spatial_mean_nan_rule_golden_values():
+    # weights [[1, 1, 0, 2], ...]: the zero-weight NaN is ignored, a weighted NaN is not
+    x = _grid_field([[1.0, 2.0, np.nan, 4.0], [1.0, 1.0, 1.0, 1.0], [np.nan, 3.0, 3.0, 3.0]])
+    w = _grid_field([[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    assert np.isnan(float(spatial_mean(x, weights=w)))
+    # skipna: (1 + 2 + 8 + 4 * 1 + 3 * 3) / (4 + 4 + 3) = 24 / 11
+    assert float(spatial_mean(x, weights=w, skipna=True)) == pytest.approx(24 / 11, rel=1e-15)
+    first_row = x.isel(latitude=[0])
+    assert float(spatial_mean(first_row, weights=w)) == pytest.approx(11 / 4, rel=1e-15)
+    assert np.isnan(float(spatial_mean(x * np.nan, weights=w, skipna=True)))
+    assert spatial_mean(x.astype("float16"), skipna=True).dtype == np.float64

@@ -145,7 +145,7 @@ def test_real_cpc_half_degree_field_mean_and_count_total(realdata):
     from dambench.sources.cpc import read_cpc_binary
 
     cpc = read_cpc_binary(realdata / "cpc" / "PRCP_CU_GAUGE_V1.0GLB_0.50deg.lnx.20200701.RT")
-    gauges = cpc["gauges"].isel(time=0).fillna(0.0)  # a NaN-free global 0.5 deg field
+    gauges = cpc["precip_gauges"].isel(time=0).fillna(0.0)  # a NaN-free global 0.5 deg field
     as_field = regrid(gauges)
     assert area_mean(as_field) == pytest.approx(area_mean(gauges), rel=1e-6)
     as_count = regrid(gauges, method="sum")

@@ -36,3 +36,26 @@ def test_observation_error_table_covers_every_channel_positively():
     # humidity errors grow towards the surface, where there is more water vapour
     q = [schema.OBSERVATION_ERROR_STD[f"q{lv}"] for lv in schema.LEVELS_HPA]
     assert q == sorted(q)
+
+
+def test_modality_table_is_the_one_source_of_names_and_units():
+    from dambench.sources import cpc, cpc_grid, olr
+
+    assert list(schema.MODALITIES) == ["precip", "precip_gauges", "olr"]
+    # the readers spell their output the table's way: names and units come from it
+    assert cpc.PRECIP_UNITS == schema.MODALITIES["precip"].units
+    assert cpc.GAUGES_ATTRS["units"] == schema.MODALITIES["precip_gauges"].units
+    assert (cpc_grid.PRECIP, cpc_grid.GAUGES) == ("precip", "precip_gauges")
+    assert olr.OLR_UNITS == schema.MODALITIES["olr"].units and olr.OLR in schema.MODALITIES
+    # the build config's groups produce every modality, each in exactly one group
+    assert {info.group for info in schema.MODALITIES.values()} == set(schema.MODALITY_GROUPS)
+    standardised = {n for n, info in schema.MODALITIES.items() if info.standardize}
+    assert standardised == {"precip", "olr"}  # gauge counts stay a density channel
+    assert schema.MODALITY_DIMS == ("time", "latitude", "longitude")
+
+
+def test_level_tolerance_separates_float32_from_other_levels():
+    import numpy as np
+
+    nearest_float32 = float(np.nextafter(np.float32(850), np.float32(0)))
+    assert abs(nearest_float32 - 850) < schema.LEVEL_ATOL_HPA < 0.4

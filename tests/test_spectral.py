@@ -6,7 +6,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dambench import DegenerateFieldWarning, spec_div, spec_res
+from dambench import DambenchInputError, DegenerateFieldWarning, spec_div, spec_res
 from dambench.spectral import tail_binning, tail_spectrum
 from dambench.testing import smooth_field
 
@@ -144,3 +144,59 @@ def test_lazy_on_dask(pair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(lazy.values, spec_div(pred, truth, sample_dim=None).values)
+
+
+def test_every_result_states_its_reduction(pair):
+    pred, truth = pair
+    for func in (spec_div, spec_res):
+        assert func(pred, truth).attrs["spectral_reduction"] == "per_sample"
+        assert func(pred, truth, reduce="mean_field").attrs["spectral_reduction"] == "mean_field"
+        with pytest.raises(DambenchInputError, match="mean_field"):
+            func(pred, truth, sample_dim=None, reduce="mean_field")
+
+
+def test_skipna_leaves_nan_samples_out(pair):
+    pred, truth = pair
+    holed = pred.copy()
+    holed[0, :, 5, 5] = np.nan
+    with pytest.warns(DegenerateFieldWarning):
+        assert np.isnan(spec_div(holed, truth).values).all()
+    with pytest.warns(DegenerateFieldWarning):
+        skipped = spec_div(holed, truth, skipna=True)
+    rest = {"time": slice(1, None)}
+    np.testing.assert_allclose(skipped.values, spec_div(pred.isel(rest), truth.isel(rest)).values)
+    np.testing.assert_allclose(
+        spec_res(holed, truth, reduce="mean_field", skipna=True).values,
+        spec_res(pred.isel(rest), truth.isel(rest), reduce="mean_field").values,
+    )
+
+
+def test_low_precision_fields_are_averaged_in_float64(pair):
+    """Regression: the mean field of float16 input was formed (and rounded) in float16."""
+    pred, truth = pair
+    pred16, truth16 = pred.astype("float16"), truth.astype("float16")
+    for reduce in ("per_sample", "mean_field"):
+        np.testing.assert_allclose(
+            spec_div(pred16, truth16, reduce=reduce).values,
+            spec_div(pred16.astype("float64"), truth16.astype("float64"), reduce=reduce).values,
+            rtol=1e-12,
+        )
+
+
+def test_duplicated_times_are_refused(pair):
+    pred, truth = pair
+    times = np.array(pred.time.values)
+    times[2] = times[1]
+    with pytest.raises(DambenchInputError, match="Duplicated time"):
+        spec_div(pred.assign_coords(time=times), truth.assign_coords(time=times))
+
+
+def test_era5_sample_background_per_sample_and_batch_averaged():
+    """The README's figures: persistence background on era5-sample's test split, 4 channels."""
+    import dambench
+
+    ds = dambench.open_dataset("era5-sample", split="test")
+    per_sample = spec_div(ds["background"], ds["target"])
+    batch = spec_div(ds["background"], ds["target"], reduce="mean_field")
+    assert float(per_sample.mean()) == pytest.approx(0.02746, abs=5e-5)
+    assert float(batch.mean()) == pytest.approx(0.01464, abs=5e-5)

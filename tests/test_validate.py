@@ -117,3 +117,18 @@ def test_dataset_without_spatial_fields():
 )
 def test_units_spellings(given, expected):
     assert canonical_units(given) == expected
+
+
+def test_check_values_accepts_dambench_datasets():
+    """NaN marks an unobserved point in ``observation`` and an absent value in a modality."""
+    from dambench.load import ensure_embedded, open_dataset
+
+    ds = open_dataset(ensure_embedded(), split="test").load()
+    assert ds["precip"].isnull().any() and ds["observation"].isnull().any()
+    assert validate(ds, check_values=True) is ds
+    broken = ds.copy(deep=True)
+    broken["target"][0, 0, 5, 5] = np.nan
+    with pytest.raises(DambenchSchemaError, match="target: NaN values"):
+        validate(broken, check_values=True)
+    with pytest.raises(DambenchSchemaError, match="precip: NaN values"):
+        validate(ds, check_values=True, allow_nan=("observation",))

@@ -4,6 +4,11 @@ Longitude is periodic: padded columns wrap around. Latitude is not: a row beyond
 on the other side of the globe, so the pad mirrors the rows next to the pole and rolls them by
 half the longitudes (the point 1 row "north" of the north pole at longitude L is the point 1 row
 south of it at L + 180 degrees).
+
+Models whose grid must meet a size constraint (window or patch multiples: VAE-Var's Swin U-Net,
+Adas on a grid other than the one it was built for, the diffusion U-Nets) pad the input with
+:func:`pad_to_multiple` or :func:`pad_to_size` and :func:`crop` the output back: the padding is on
+the sphere (no zeros, no resize), and the crop returns exactly the input's grid.
 """
 
 from __future__ import annotations
@@ -33,8 +38,22 @@ def pad_to_multiple(
     Returns the padded tensor and ``(top, bottom, left, right)`` for :func:`crop`.
     """
     h, w = x.shape[-2:]
-    extra_h = (-h) % multiple
-    extra_w = (-w) % multiple
+    return pad_to_size(x, (h + (-h) % multiple, w + (-w) % multiple))
+
+
+def pad_to_size(
+    x: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad (..., H, W) on the sphere to exactly ``size = (H', W')`` with ``H' >= H``, ``W' >= W``.
+
+    The extra rows go half to the north (rounded down) and half to the south, the extra columns
+    half to the west and half to the east. Returns the padded tensor and
+    ``(top, bottom, left, right)`` for :func:`crop`.
+    """
+    h, w = x.shape[-2:]
+    extra_h, extra_w = size[0] - h, size[1] - w
+    if extra_h < 0 or extra_w < 0:
+        raise ValueError(f"pad_to_size cannot shrink a {h} x {w} grid to {tuple(size)}.")
     top, left = extra_h // 2, extra_w // 2
     bottom, right = extra_h - top, extra_w - left
     padded = pad_sphere(x, max(top, bottom), max(left, right))

@@ -13,7 +13,8 @@ Upstream code
     repositories carry no licence).
 
 Architecture (as the FNP/DAMBench DA variant)
-    Two encoders with the same structure and separate weights:
+    The encoder / fusion / decoder pattern of :mod:`baselines.layers.np_blocks` (shared with
+    FNP). Two encoders with the same structure and separate weights:
 
     - observation encoder: SetConv of the observations with the observation mask;
     - background encoder: SetConv of the background with an all-ones mask.
@@ -57,32 +58,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.interface import Analysis, DABatch, ModelInfo
-from baselines.layers.conv import (
-    ActName,
-    NormName,
-    PointwiseMLP,
-    ResConvBlock,
-    SetConvEmbed,
-)
+from baselines.interface import Analysis, BaselineModule, DABatch, ModelInfo
+from baselines.layers.conv import ActName, NormName, ResConvBlock
 from baselines.layers.gaussian import (
     MIN_STD,
     GaussianHead,
     GaussianPredictive,
     check_batch,
 )
+from baselines.layers.np_blocks import GaussianDecoder, ObservationBackgroundFusion, SetConvEncoder
 from baselines.registry import register_variants
 
-__all__ = ["ConvCNP", "ConvCNPEncoder"]
+__all__ = ["ConvCNP", "convcnp_encoder"]
 
 
 # --- building blocks ---------------------------------------------------------------------------
 
 
-class ConvCNPEncoder(nn.Module):
-    """SetConv embedding followed by a residual CNN.
+def convcnp_encoder(
+    in_chans: int,
+    embed_dim: int,
+    depth: int,
+    kernel_size: int,
+    setconv_kernel_size: int,
+    *,
+    act_layer: ActName = "relu",
+    norm_layer: NormName = "batch",
+) -> SetConvEncoder:
+    """SetConv embedding followed by ``depth`` residual CNN blocks.
 
-    (B, C, H, W) values and mask -> (B, embed_dim, H, W) representation.
+    (B, C, H, W) values and mask -> (B, embed_dim, H, W).
 
     Parameters
     ----------
@@ -100,35 +105,16 @@ class ConvCNPEncoder(nn.Module):
         Activation and normalisation of the residual blocks.
     """
 
-    def __init__(
-        self,
-        in_chans: int,
-        embed_dim: int,
-        depth: int,
-        kernel_size: int,
-        setconv_kernel_size: int,
-        *,
-        act_layer: ActName = "relu",
-        norm_layer: NormName = "batch",
-    ) -> None:
-        super().__init__()
-        self.embed = SetConvEmbed(in_chans, embed_dim, setconv_kernel_size)
-        self.blocks = nn.Sequential(
-            *(
-                ResConvBlock(embed_dim, kernel_size, act_layer=act_layer, norm_layer=norm_layer)
-                for _ in range(depth)
-            )
-        )
+    def block() -> nn.Module:
+        return ResConvBlock(embed_dim, kernel_size, act_layer=act_layer, norm_layer=norm_layer)
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) values and mask -> (B, embed_dim, H, W)."""
-        return self.blocks(self.embed(values, mask))
+    return SetConvEncoder(in_chans, embed_dim, setconv_kernel_size, block, depth)
 
 
 # --- model -------------------------------------------------------------------------------------
 
 
-class ConvCNP(GaussianPredictive, nn.Module):
+class ConvCNP(GaussianPredictive, BaselineModule):
     """On-grid ConvCNP: observation and background encoders, pointwise fusion and decoder.
 
     Parameters
@@ -197,35 +183,28 @@ class ConvCNP(GaussianPredictive, nn.Module):
             "act_layer": act_layer,
             "norm_layer": norm_layer,
         }
-        self.obs_encoder = ConvCNPEncoder(**encoder_args)
-        self.bg_encoder = ConvCNPEncoder(**encoder_args)
-        self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, 1)
-        self.detach_std = detach_std
-        outputs = in_chans if detach_std else 2 * in_chans
-        self.decoder = PointwiseMLP(embed_dim, embed_dim, outputs, decoder_depth)
-        self.std_decoder = (
-            PointwiseMLP(embed_dim, embed_dim, in_chans, decoder_depth) if detach_std else None
+        self.encoder = ObservationBackgroundFusion(
+            lambda: convcnp_encoder(**encoder_args), embed_dim
         )
-        if residual:
-            self.decoder.zero_outputs(in_chans)  # the increment starts at 0: the background
+        self.decoder = GaussianDecoder(
+            embed_dim,
+            embed_dim,
+            in_chans,
+            decoder_depth,
+            detach_std=detach_std,
+            zero_mean=residual,  # the increment starts at 0: the background
+        )
         self.head = GaussianHead(min_std)
         self.nll_beta = nll_beta
 
     def forward_features(self, batch: DABatch) -> torch.Tensor:
         """The fused representation (B, embed_dim, H, W) of observations and background."""
         check_batch(batch, self.in_chans, type(self).__name__)
-        background = batch.background
-        r_obs = self.obs_encoder(batch.observation, batch.mask)  # (B, r, H, W)
-        r_bg = self.bg_encoder(background, torch.ones_like(background))  # (B, r, H, W)
-        return self.fuse(torch.cat([r_obs, r_bg], dim=1))  # (B, r, H, W)
+        return self.encoder(batch.observation, batch.mask, batch.background)  # (B, r, H, W)
 
     def forward_head(self, features: torch.Tensor, background: torch.Tensor) -> Analysis:
         """(B, r, H, W) features -> Analysis with mean and std (B, C, H, W)."""
-        if self.std_decoder is None:
-            raw_mean, raw_std = self.decoder(features).chunk(2, dim=1)  # 2 x (B, C, H, W)
-        else:  # the std learns from the features without shaping them
-            raw_mean = self.decoder(features)  # (B, C, H, W)
-            raw_std = self.std_decoder(features.detach())  # (B, C, H, W)
+        raw_mean, raw_std = self.decoder(features)  # 2 x (B, C, H, W)
         if self.residual:
             raw_mean = raw_mean + background
         mean, std = self.head(raw_mean, raw_std)

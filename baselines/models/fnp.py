@@ -10,10 +10,12 @@ Upstream code
     (the upstream repositories carry no licence).
 
 Architecture
-    The channels are split into variable groups (``channel_groups``; for the 69-channel layout the
-    surface block and one group per upper-air variable, ``[4, 13, 13, 13, 13, 13]``) plus one
-    all-variable branch. Every branch has an observation encoder (mask = observation mask) and a
-    background encoder (mask = ones) with the same structure and separate weights:
+    The encoder / fusion / decoder pattern of :mod:`baselines.layers.np_blocks` (shared with
+    ConvCNP), once per branch. The channels are split into variable groups (``channel_groups``;
+    for the 69-channel layout the surface block and one group per upper-air variable,
+    ``[4, 13, 13, 13, 13, 13]``) plus one all-variable branch. Every branch has an observation
+    encoder (mask = observation mask) and a background encoder (mask = ones) with the same
+    structure and separate weights:
 
     - a positive SetConv (:class:`~baselines.layers.conv.SetConvEmbed`): depthwise for a group, a
       full C -> C positive convolution for the all-variable branch; density channel and
@@ -69,32 +71,26 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from baselines.interface import Analysis, DABatch, ModelInfo
-from baselines.layers.conv import (
-    ActName,
-    NormName,
-    PointwiseMLP,
-    ResConvBlock,
-    SetConvEmbed,
-    SphereConv2d,
-)
+from baselines.interface import Analysis, BaselineModule, DABatch, ModelInfo
+from baselines.layers.conv import ActName, NormName, ResConvBlock, SphereConv2d
 from baselines.layers.gaussian import (
     MIN_STD,
     GaussianHead,
     GaussianPredictive,
     check_batch,
 )
+from baselines.layers.np_blocks import GaussianDecoder, ObservationBackgroundFusion, SetConvEncoder
 from baselines.registry import register_variants
 from dambench import schema
 
 __all__ = [
     "FNP",
     "FNPBranch",
-    "FNPEncoder",
     "NeuralFourierBlock",
     "SpectralConv2d",
     "default_channel_groups",
     "double_fourier_sphere",
+    "fnp_encoder",
 ]
 
 FourierDomain = Literal["sphere", "torus"]
@@ -226,49 +222,41 @@ class NeuralFourierBlock(nn.Module):
         return x + self.conv(x) + self.spectral(x)
 
 
-class FNPEncoder(nn.Module):
+def fnp_encoder(
+    in_chans: int,
+    embed_dim: int,
+    depth: int,
+    kernel_size: int,
+    setconv_kernel_size: int,
+    modes: int | Sequence[int],
+    *,
+    depthwise: bool = True,
+    act_layer: ActName = "silu",
+    norm_layer: NormName = "batch",
+    fourier_domain: FourierDomain = "sphere",
+) -> SetConvEncoder:
     """SetConv embedding followed by ``depth`` :class:`NeuralFourierBlock`.
 
     (B, c, H, W) values and mask -> (B, embed_dim, H, W). ``depthwise=False`` makes the SetConv a
     full c -> c positive convolution (the all-variable branch).
     """
 
-    def __init__(
-        self,
-        in_chans: int,
-        embed_dim: int,
-        depth: int,
-        kernel_size: int,
-        setconv_kernel_size: int,
-        modes: int | Sequence[int],
-        *,
-        depthwise: bool = True,
-        act_layer: ActName = "silu",
-        norm_layer: NormName = "batch",
-        fourier_domain: FourierDomain = "sphere",
-    ) -> None:
-        super().__init__()
-        self.embed = SetConvEmbed(in_chans, embed_dim, setconv_kernel_size, depthwise=depthwise)
-        self.blocks = nn.Sequential(
-            *(
-                NeuralFourierBlock(
-                    embed_dim,
-                    kernel_size,
-                    modes,
-                    act_layer=act_layer,
-                    norm_layer=norm_layer,
-                    fourier_domain=fourier_domain,
-                )
-                for _ in range(depth)
-            )
+    def block() -> nn.Module:
+        return NeuralFourierBlock(
+            embed_dim,
+            kernel_size,
+            modes,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            fourier_domain=fourier_domain,
         )
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, c, H, W) values and mask -> (B, embed_dim, H, W)."""
-        return self.blocks(self.embed(values, mask))
+    return SetConvEncoder(
+        in_chans, embed_dim, setconv_kernel_size, block, depth, depthwise=depthwise
+    )
 
 
-class FNPBranch(nn.Module):
+class FNPBranch(ObservationBackgroundFusion):
     """One variable group (or the all-variable branch): two encoders, fusion and DAM.
 
     Parameters
@@ -276,7 +264,7 @@ class FNPBranch(nn.Module):
     in_chans
         Channels c of the group.
     embed_dim, kernel_size, encoder_args
-        Width r, the DAM convolution's kernel and the remaining :class:`FNPEncoder` arguments.
+        Width r, the DAM convolution's kernel and the remaining :func:`fnp_encoder` arguments.
     use_dam
         Apply the dynamic alignment and merge after the pointwise fusion.
     """
@@ -290,19 +278,17 @@ class FNPBranch(nn.Module):
         use_dam: bool = True,
         **encoder_args: Any,
     ) -> None:
-        super().__init__()
-        self.obs_encoder = FNPEncoder(in_chans, embed_dim, kernel_size=kernel_size, **encoder_args)
-        self.bg_encoder = FNPEncoder(in_chans, embed_dim, kernel_size=kernel_size, **encoder_args)
-        self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, 1)
+        super().__init__(
+            lambda: fnp_encoder(in_chans, embed_dim, kernel_size=kernel_size, **encoder_args),
+            embed_dim,
+        )
         self.merge = SphereConv2d(2 * embed_dim, embed_dim, kernel_size) if use_dam else None
 
     def forward(
         self, observation: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
     ) -> torch.Tensor:
         """(B, c, H, W) observation, mask and background -> (B, r, H, W) representation."""
-        r_obs = self.obs_encoder(observation, mask)  # (B, r, H, W)
-        r_bg = self.bg_encoder(background, torch.ones_like(background))  # (B, r, H, W)
-        fused = self.fuse(torch.cat([r_obs, r_bg], dim=1))  # (B, r, H, W)
+        fused, r_obs, r_bg = self.encode(observation, mask, background)  # 3 x (B, r, H, W)
         if self.merge is None:
             return fused
         with torch.no_grad():
@@ -315,7 +301,7 @@ class FNPBranch(nn.Module):
 # --- model -------------------------------------------------------------------------------------
 
 
-class FNP(GaussianPredictive, nn.Module):
+class FNP(GaussianPredictive, BaselineModule):
     """Fourier Neural Process: per-group and all-variable branches, group decoders on the
     background.
 
@@ -400,21 +386,17 @@ class FNP(GaussianPredictive, nn.Module):
             FNPBranch(g, depthwise=True, **encoder_args) for g in self.channel_groups
         )
         self.all_branch = FNPBranch(in_chans, depthwise=False, **encoder_args)
-        per_group = 1 if detach_std else 2
         self.decoders = nn.ModuleList(
-            PointwiseMLP(2 * embed_dim, embed_dim, per_group * g, decoder_depth)
+            GaussianDecoder(
+                2 * embed_dim,
+                embed_dim,
+                g,
+                decoder_depth,
+                detach_std=detach_std,
+                zero_mean=True,  # untrained: analysis = background
+            )
             for g in self.channel_groups
         )
-        self.std_decoders = (
-            nn.ModuleList(
-                PointwiseMLP(2 * embed_dim, embed_dim, g, decoder_depth)
-                for g in self.channel_groups
-            )
-            if detach_std
-            else None
-        )
-        for decoder, g in zip(self.decoders, self.channel_groups, strict=True):
-            decoder.zero_outputs(g)  # untrained: analysis = background
         self.head = GaussianHead(min_std)
         self.nll_beta = nll_beta
 
@@ -437,13 +419,9 @@ class FNP(GaussianPredictive, nn.Module):
     ) -> Analysis:
         """Group representations and the all-variable one -> Analysis (B, C, H, W)."""
         raw_means, raw_stds = [], []
-        for k, (decoder, r_group) in enumerate(zip(self.decoders, groups, strict=True)):
+        for decoder, r_group in zip(self.decoders, groups, strict=True):
             features = torch.cat([r_group, r_all], dim=1)  # (B, 2r, H, W)
-            if self.std_decoders is None:
-                raw_mean, raw_std = decoder(features).chunk(2, dim=1)  # 2 x (B, c_g, H, W)
-            else:  # the std learns from the features without shaping them
-                raw_mean = decoder(features)  # (B, c_g, H, W)
-                raw_std = self.std_decoders[k](features.detach())  # (B, c_g, H, W)
+            raw_mean, raw_std = decoder(features)  # 2 x (B, c_g, H, W)
             raw_means.append(raw_mean)
             raw_stds.append(raw_std)
         increment = torch.cat(raw_means, dim=1)  # (B, C, H, W), groups in channel order

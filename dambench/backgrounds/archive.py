@@ -29,8 +29,7 @@ from dambench.channels import to_channels
 from dambench.exceptions import DambenchInputError, DambenchSchemaError
 from dambench.grid import CANONICAL_GRID, Grid, to_canonical
 from dambench.sources.base import PathLike, check_monotonic, open_dataset_any
-from dambench.sources.lexicon import find_variable
-from dambench.validate import canonical_units
+from dambench.sources.lexicon import schema_variables
 
 LEAD_TIME = "lead_time"
 """Internal dim of the archive's leads (timedelta)."""
@@ -94,7 +93,7 @@ class ForecastArchive(BackgroundBase):
         self.source = _describe(source)
         ds = _open(source)
         ds = _forecast_layout(ds, member, self.source)
-        per_variable = _schema_variables(ds, self.source)
+        per_variable = schema_variables(to_canonical(ds), self.source)
         self.forecasts = to_channels(per_variable, channels).transpose(
             INIT_TIME, LEAD_TIME, schema.CHANNEL, *schema.SPATIAL_DIMS
         )
@@ -189,39 +188,3 @@ def _forecast_layout(ds: xr.Dataset, member: int, source: str) -> xr.Dataset:
         if dim in ds.dims:
             check_monotonic(ds[dim], dim, source)
     return ds
-
-
-def _schema_variables(ds: xr.Dataset, source: str) -> xr.Dataset:
-    """Schema-named variables with integer hPa levels, in canonical orientation."""
-    ds = to_canonical(ds)
-    out = {}
-    for var in schema.VARIABLES:
-        name = find_variable(ds.data_vars, var)
-        if name is None:
-            continue
-        field = ds[name]
-        _check_units(field, var, source)
-        if var in schema.ATMOSPHERIC_VARIABLES:
-            if schema.LEVEL not in field.dims:
-                raise DambenchSchemaError(
-                    f"{source}: upper-air variable {name!r} has no pressure-level dim "
-                    f"(dims {field.dims})."
-                )
-            levels = field[schema.LEVEL].values
-            field = field.assign_coords({schema.LEVEL: np.round(levels).astype(np.int64)})
-        out[var] = field.rename(var)
-    if not out:
-        raise DambenchSchemaError(
-            f"{source}: no schema variables among {list(ds.data_vars)}; expected some of "
-            f"{list(schema.VARIABLES)} (or their WeatherBench2/GRIB names)."
-        )
-    return xr.Dataset(out)
-
-
-def _check_units(field: xr.DataArray, var: str, source: str) -> None:
-    units = field.attrs.get("units")
-    expected = schema.VARIABLES[var].units
-    if units is not None and canonical_units(str(units)) != canonical_units(expected):
-        raise DambenchSchemaError(
-            f"{source}: variable {field.name!r} has units {units!r}; expected {expected!r}."
-        )

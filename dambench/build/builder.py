@@ -1,18 +1,25 @@
-"""``dambench build``: plan, then execute a resumable, atomic build of one dataset folder.
+"""``dambench build``: plan, then execute a resumable, atomic, locked build of one dataset folder.
 
-Plan: the recipe validates its inputs (nothing is written before that), then ``plan.json`` fixes
-the cycles, their splits, the Zarr shards and the Parquet files. Execute: each shard of cycles is a
-dask task that computes the arrays and writes its region of the store, then leaves a marker; Parquet
-files are written from the finished store, atomically. Statistics, the card and the sha256 manifest
-come last; ``manifest.json`` marks a finished build. A killed build resumes at the first unfinished
-shard or file and ends byte-identical to an uninterrupted one; a finished build re-run does nothing.
+Check: the config is checked completely (nothing is written before that). Lock: one builder per
+folder (:mod:`dambench.build.lock`); a second one is refused at once. Plan: the recipe validates
+and opens its inputs, then ``plan.json`` fixes the cycles, their splits, the Zarr shards and the
+Parquet files; the config and plan enter ``.dambench-build/`` in one atomic rename. Execute: each
+shard of cycles is a dask task that computes the arrays and writes its region of the store, then
+leaves a marker; Parquet files are written from the finished store, atomically. Statistics,
+consolidated metadata, the preview, the card and the sha256 manifest come last; ``manifest.json``
+marks a finished build.
+
+A killed build resumes: leftovers of interrupted writes (``*.partial``, ``*.tmp``) are removed,
+then it continues at the first unfinished shard or file and ends byte-identical to an
+uninterrupted build; the manifest lists exactly the dataset's files. A finished build re-run
+verifies the folder against its manifest instead of building.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,35 +27,43 @@ from pathlib import Path
 import dask
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import xarray as xr
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
-from dambench import __version__, schema
+from dambench import schema
+from dambench._version import __version__
 from dambench.build import writers
 from dambench.build.config import BuildConfig, load_config
+from dambench.build.lock import LOCK_NAME, BuildLock, DambenchBuildError
 from dambench.build.recipes import make_recipe
-from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.exceptions import DambenchInputError
+from dambench.modalities import modality_moments, names_for_groups
+from dambench.verify import MANIFEST, read_manifest, sha256_file, verify
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["DambenchBuildError", "build", "is_finished", "make_plan", "sha256_file"]
+
 STATE_DIR = ".dambench-build"
-MANIFEST = "manifest.json"
+STAGING_DIR = ".dambench-build.tmp"
 SPLIT_ORDER = ("train", "validation", "test")
-
-
-class DambenchBuildError(DambenchError, RuntimeError):
-    """A build cannot proceed (a folder holding something else, a failed task)."""
+FILES_MULTIPLE = 8
+"""A split with at least this many Parquet files gets a multiple of it (2-8 GPU workers then
+read equal shares)."""
+LEFTOVER_SUFFIXES = (".partial", ".tmp")
 
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """Cycles, their splits, Zarr shard starts and the Parquet files of a build."""
+    """Cycles, their splits, Zarr shard starts, the Parquet files and the preview files."""
 
     cycles: pd.DatetimeIndex
     splits: np.ndarray
     shard_starts: list[int]
     parquet_files: dict[str, list[int]]  # relative path -> cycle indices
+    preview_files: dict[str, list[int]]
 
     def to_dict(self) -> dict:
         return {
@@ -56,23 +71,40 @@ class BuildPlan:
             "splits": self.splits.tolist(),
             "shard_starts": self.shard_starts,
             "parquet_files": self.parquet_files,
+            "preview_files": self.preview_files,
         }
+
+    def files(self) -> set[str]:
+        """The folder-relative paths of every file outside the store."""
+        return {"README.md", "stats.json", *self.parquet_files, *self.preview_files}
+
+
+def n_parquet_files(n_rows: int, rows_per_file: int) -> int:
+    """Files for a split of ``n_rows``: ``ceil(n_rows / rows_per_file)``, then, from
+    :data:`FILES_MULTIPLE` files on, a multiple of it (rounded up, or down when there are fewer
+    rows than that)."""
+    n = -(-n_rows // rows_per_file)
+    if n >= FILES_MULTIPLE:
+        up = -(-n // FILES_MULTIPLE) * FILES_MULTIPLE
+        n = up if up <= n_rows else n_rows // FILES_MULTIPLE * FILES_MULTIPLE
+    return n
 
 
 def make_plan(config: BuildConfig, cycles: pd.DatetimeIndex, splits: np.ndarray) -> BuildPlan:
-    """Shards of ``cycles_per_shard`` consecutive cycles; per-split Parquet files of up to
-    ``cycles_per_parquet_file`` rows named ``data/{split}-{i:05d}-of-{n:05d}.parquet``."""
+    """Shards of ``cycles_per_shard`` consecutive cycles; per split, :func:`n_parquet_files`
+    files named ``data/{split}-{i:05d}-of-{n:05d}.parquet`` whose row counts differ by at most
+    one, and one preview file ``preview/{split}-00000-of-00001.parquet``."""
     keep = splits != ""
     cycles, splits = cycles[keep], splits[keep]
     shard_starts = list(range(0, len(cycles), config.cycles_per_shard))
-    files = {}
+    files, previews = {}, {}
     for split in [s for s in SPLIT_ORDER if s in set(splits)]:
-        indices = np.flatnonzero(splits == split).tolist()
-        step = config.cycles_per_parquet_file
-        groups = [indices[i : i + step] for i in range(0, len(indices), step)]
-        for k, group in enumerate(groups):
-            files[f"data/{split}-{k:05d}-of-{len(groups):05d}.parquet"] = group
-    return BuildPlan(cycles, splits, shard_starts, files)
+        indices = np.flatnonzero(splits == split)
+        n = n_parquet_files(indices.size, config.cycles_per_parquet_file)
+        for k, group in enumerate(np.array_split(indices, n)):
+            files[f"data/{split}-{k:05d}-of-{n:05d}.parquet"] = group.tolist()
+        previews[f"preview/{split}-00000-of-00001.parquet"] = indices.tolist()
+    return BuildPlan(cycles, splits, shard_starts, files, previews)
 
 
 class _TqdmCallback(Callback):
@@ -98,6 +130,7 @@ def build(
     scheduler: str | None = None,
     verbose: bool = True,
     overrides: dict | None = None,
+    wait_s: float = 0.0,
 ) -> Path:
     """Build a dataset folder (a Hugging Face dataset repository) into ``out``.
 
@@ -106,17 +139,29 @@ def build(
     name_or_config
         A shipped config name (``era5-sample``, ``era5-fengwu``), a JSON path or a config.
     out
-        The folder; created, resumed (same config) or left alone when finished.
+        The folder; created, resumed (same config) or, when finished, verified.
     workers
         Threads of the local dask scheduler computing shards.
     scheduler
         Address of a dask.distributed scheduler (needs the ``distributed`` package).
     overrides
         Top-level config keys to replace (e.g. ``inputs``).
+    wait_s
+        Seconds to wait for another builder of the same folder to finish (default: refuse at
+        once); after the wait the finished folder is verified.
 
     Returns
     -------
     The folder's path.
+
+    Raises
+    ------
+    DambenchInputError
+        A bad config or input, before anything is written.
+    DambenchBuildError
+        Another builder holds the folder, or the folder holds something else.
+    DambenchIntegrityError
+        A finished folder no longer matches its manifest (the files are named).
     """
     config = (
         name_or_config
@@ -124,20 +169,38 @@ def build(
         else load_config(name_or_config, **(overrides or {}))
     )
     out = Path(out)
-    if _finished(out, config):
-        logger.info("%s is already built; nothing to do.", out)
-        return out
-    _check_folder(out, config)
+    existed = out.exists()
+    if not _finished(out, config):
+        _check_folder(out, config)  # refuse a foreign folder before creating anything
+    try:
+        with BuildLock(out, wait_s=wait_s):
+            if _finished(out, config):
+                _verify_finished(out)
+                return out
+            _check_folder(out, config)
+            _run(config, out, workers, scheduler, verbose)
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            try:
+                out.rmdir()  # nothing was built: leave no empty folder behind
+            except OSError:
+                pass  # another builder has just started in it
+        raise
+    return out
+
+
+def is_finished(out: str | Path) -> bool:
+    """True when ``out`` holds a ``manifest.json`` (a finished build)."""
+    return (Path(out) / MANIFEST).is_file()
+
+
+def _run(config: BuildConfig, out: Path, workers, scheduler, verbose) -> None:
     recipe = make_recipe(config)  # validates and opens every input before anything is written
     plan = make_plan(config, recipe.cycles, recipe.splits)
     if len(plan.cycles) == 0:
         raise DambenchInputError(f"Config {config.name}: no cycle falls in any split.")
-    state = out / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    writers.atomic_write_json(
-        state / "config.json", {"digest": config.digest(), "config": config.to_dict()}
-    )
-    writers.atomic_write_json(state / "plan.json", plan.to_dict())
+    state = _start_state(out, config, plan)
+    _remove_leftovers(out)
     store = out / f"{config.name}.zarr"
     modalities = _modality_names(config)
     if not (state / "store-created").exists():
@@ -158,20 +221,17 @@ def build(
     _write_parquet(plan, store, out, config, modalities, verbose)
     stats = _train_stats(store, plan)
     writers.atomic_write_json(out / "stats.json", stats)
-    writers.update_store_attrs(store, {"normalization": stats})
+    writers.update_store_attrs(store, {"normalization": json.dumps(stats, sort_keys=True)})
+    writers.consolidate_store(store)
+    _write_preview(plan, store, out)
     _write_card(out, config, plan, recipe)
-    _write_manifest(out, config)
+    _remove_leftovers(out)
+    _write_manifest(out, config, plan, store)
     shutil.rmtree(state)
-    return out
 
 
 def _modality_names(config: BuildConfig) -> list[str]:
-    names = []
-    if "precip" in config.modalities:
-        names += ["precip", "precip_gauges"]
-    if "olr" in config.modalities:
-        names.append("olr")
-    return names
+    return names_for_groups(list(config.modalities))
 
 
 def _cycle_index(all_cycles: pd.DatetimeIndex, planned: pd.DatetimeIndex) -> np.ndarray:
@@ -179,40 +239,100 @@ def _cycle_index(all_cycles: pd.DatetimeIndex, planned: pd.DatetimeIndex) -> np.
 
 
 def _finished(out: Path, config: BuildConfig) -> bool:
-    manifest = out / MANIFEST
-    if not manifest.exists():
+    if not is_finished(out):
         return False
-    recorded = json.loads(manifest.read_text()).get("config_digest")
+    recorded = read_manifest(out).get("config_digest")
     if recorded != config.digest():
         raise DambenchBuildError(
-            f"{out} holds a finished build of a different config; choose another folder."
+            f"{out} holds a finished build of a different config ({MANIFEST} records digest "
+            f"{str(recorded)[:12]}..., this config is {config.digest()[:12]}...); choose another "
+            "folder."
         )
     return True
 
 
+def _verify_finished(out: Path) -> None:
+    """A finished folder re-run: verify every file; clear a state folder left by a kill that
+    came after the manifest was written."""
+    report = verify(out)
+    logger.info("%s is already built and verified (%d files).", out, report.n_files)
+    if (out / STATE_DIR).exists():
+        shutil.rmtree(out / STATE_DIR)
+
+
+def _ours(entry: Path) -> bool:
+    """Entries a builder leaves in a folder before any data: the lock and state folders."""
+    return entry.name in (LOCK_NAME, STAGING_DIR) or (
+        entry.name == STATE_DIR and not (entry / "config.json").exists()
+    )
+
+
 def _check_folder(out: Path, config: BuildConfig) -> None:
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or all(_ours(entry) for entry in out.iterdir()):
         return
     recorded = out / STATE_DIR / "config.json"
     if not recorded.exists():
         raise DambenchBuildError(
             f"{out} is not empty and holds no dambench build; choose an empty or new folder."
         )
-    if json.loads(recorded.read_text())["digest"] != config.digest():
+    try:
+        digest = json.loads(recorded.read_text())["digest"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DambenchBuildError(
+            f"{recorded} is unreadable ({err}); remove {out} and build again."
+        ) from err
+    if digest != config.digest():
         raise DambenchBuildError(
             f"{out} holds an unfinished build of a different config; remove it or choose another "
             "folder."
         )
 
 
-def _store_attrs(config: BuildConfig, recipe) -> dict:
+def _start_state(out: Path, config: BuildConfig, plan: BuildPlan) -> Path:
+    """The state folder with ``config.json`` and ``plan.json``, created by one atomic rename (a
+    kill never leaves a state folder without its config); a resumed build must plan the same."""
+    state = out / STATE_DIR
+    if (state / "config.json").exists():
+        planned = state / "plan.json"
+        if not planned.exists():  # dambench 0.1 wrote it after the config: a kill in between
+            writers.atomic_write_json(planned, plan.to_dict())
+        if json.loads(planned.read_text()) != plan.to_dict():
+            raise DambenchBuildError(
+                f"This build of {config.name} no longer plans what {planned} records (its inputs "
+                f"or the dambench version changed since it started); remove {out} and build "
+                "again."
+            )
+        return state
+    staging = out / STAGING_DIR
+    for stale in (staging, state):
+        if stale.exists():
+            shutil.rmtree(stale)
+    staging.mkdir()
+    writers.atomic_write_json(
+        staging / "config.json", {"digest": config.digest(), "config": config.to_dict()}
+    )
+    writers.atomic_write_json(staging / "plan.json", plan.to_dict())
+    os.replace(staging, state)
+    return state
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete the temporary files of interrupted writes (zarr's ``*.partial``, dambench's
+    ``*.tmp``); the builder holds the lock, so no write is in progress."""
+    for path in sorted(out.rglob("*")):
+        if path.name.endswith(LEFTOVER_SUFFIXES) and path.is_file() and STATE_DIR not in path.parts:
+            logger.info("removing %s, left by an interrupted write", path)
+            path.unlink()
+
+
+def _store_attrs(config: BuildConfig, recipe) -> dict[str, str]:
     return {
         "Conventions": "CF-1.10",
         "title": config.title or config.name,
         "dambench_schema_version": schema.SCHEMA_VERSION,
         "dambench_dataset": config.name,
         "source": recipe.attrs.get("source", ""),
-        "sources": config.sources,
+        "sources": json.dumps(config.sources, sort_keys=True),
         "license": config.license,
         "history": writers.store_history(),
         "background": recipe.attrs.get("background", ""),
@@ -268,8 +388,25 @@ def _write_parquet(plan, store, out, config, modalities, verbose) -> None:
         writers.write_parquet(path, block[schema.TIME].values, arrays, features)
 
 
+def _write_preview(plan: BuildPlan, store: Path, out: Path) -> None:
+    ds = xr.open_zarr(store, consolidated=False)
+    channels = ds[schema.CHANNEL].values.tolist()
+    for relative, indices in plan.preview_files.items():
+        tables = []
+        for start in range(0, len(indices), 16):
+            block = ds.isel({schema.TIME: indices[start : start + 16]})
+            arrays = {name: block[name].values for name in writers.STATE_FIELDS}
+            tables.append(writers.preview_table(block[schema.TIME].values, channels, arrays))
+        writers.write_preview(out / relative, _concat(tables))
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables).combine_chunks()
+
+
 def _train_stats(store: Path, plan: BuildPlan) -> dict:
-    """Per-channel mean and std of ``target`` over the train split (float64, streamed by shard)."""
+    """Per-channel mean and std of ``target`` over the train split (float64, streamed by shard),
+    and each modality's moments in model space (:func:`dambench.modalities.modality_moments`)."""
     ds = xr.open_zarr(store, consolidated=False)
     train = np.flatnonzero(plan.splits == "train")
     if train.size == 0:
@@ -293,24 +430,20 @@ def _train_stats(store: Path, plan: BuildPlan) -> dict:
         "modalities": {},
     }
     for name in sorted(str(v) for v in ds.data_vars if v not in writers.STATE_FIELDS):
-        values = ds[name].isel({schema.TIME: train}).values.astype(np.float64)
-        finite = values[np.isfinite(values)]
-        stats["modalities"][name] = {
-            "mean": float(finite.mean()) if finite.size else None,
-            "std": float(finite.std()) if finite.size else None,
-            "n_finite": int(finite.size),
-        }
+        stats["modalities"][name] = modality_moments(ds[name].isel({schema.TIME: train}), name)
     return stats
 
 
 def _write_card(out: Path, config: BuildConfig, plan: BuildPlan, recipe) -> None:
-    from dambench.build.cards import write_card
+    from dambench.build.cards import config_context, template_for, write_card
 
-    splits = {}
+    splits, previews = {}, {}
     for relative in plan.parquet_files:
         splits.setdefault(relative.split("/")[1].split("-")[0], []).append(relative)
+    for relative in plan.preview_files:
+        previews[relative.split("/")[1].split("-")[0]] = [relative]
     counts = {s: int((plan.splits == s).sum()) for s in SPLIT_ORDER}
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not _hidden(out, p))
     context = {
         "name": config.name,
         "title": config.title or config.name,
@@ -326,8 +459,21 @@ def _write_card(out: Path, config: BuildConfig, plan: BuildPlan, recipe) -> None
         "size_human": _human_size(size),
         "background": recipe.attrs.get("background", ""),
         "build_date": str(plan.cycles[-1].date()),
+        **config_context(config),
     }
-    write_card(out, config.name, context, splits, license=config.license)
+    write_card(
+        out,
+        config.name,
+        context,
+        splits,
+        license=config.license,
+        preview=previews,
+        template=template_for(config.name),
+    )
+
+
+def _hidden(out: Path, path: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(out).parts)
 
 
 def _human_size(n_bytes: int) -> str:
@@ -339,21 +485,27 @@ def _human_size(n_bytes: int) -> str:
     return f"{size:.1f} TB"
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 4 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_manifest(out: Path, config: BuildConfig) -> None:
+def _write_manifest(out: Path, config: BuildConfig, plan: BuildPlan, store: Path) -> None:
+    """``manifest.json`` of exactly the dataset's files: the store's files and
+    :meth:`BuildPlan.files`; any other visible file is refused, named."""
+    expected = plan.files()
+    found = {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not _hidden(out, p) and p.name != MANIFEST
+    }
+    in_store = {f for f in found if f.startswith(store.name + "/")}
+    stray = sorted(found - expected - in_store)
+    missing = sorted(expected - found)
+    if stray or missing:
+        raise DambenchBuildError(
+            f"{out} does not hold exactly the dataset's files: unexpected {stray}, missing "
+            f"{missing}. Move unexpected files out of the folder and run the build again."
+        )
     files = {}
-    for path in sorted(out.rglob("*")):
-        relative = path.relative_to(out).as_posix()
-        if path.is_file() and not relative.startswith(STATE_DIR) and relative != MANIFEST:
-            files[relative] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    for relative in sorted(expected | in_store):
+        path = out / relative
+        files[relative] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     writers.atomic_write_json(
         out / MANIFEST,
         {

@@ -5,14 +5,18 @@ root; wheels ship it as the package data ``dambench.dataset_cards``) with ``{{ t
 placeholders, filled from the build, under a YAML front matter that the Hugging Face Hub and
 ``datasets`` read:
 
-- ``configs``: one ``default`` config whose ``data_files`` map each split to
+- ``configs``: a ``default`` config whose ``data_files`` map each split to
   ``data/{split}-*.parquet``, so ``load_dataset(repo_or_folder, split=...)`` finds the Parquet
-  shards and ignores the Zarr store, ``stats.json`` and ``manifest.json``;
+  shards and ignores the Zarr store, ``stats.json`` and ``manifest.json``; and, when the folder
+  has one, a small ``preview`` config (``preview/{split}-*.parquet``: a few scalars per cycle and
+  channel) that the Hub's dataset viewer can page through, unlike the 24 MB array rows;
 - ``license``, ``pretty_name``, ``task_categories``, ``tags`` and ``size_categories``.
 
 Figures are never typed in a template: the builder passes them in ``context`` (see
 :data:`CARD_TOKENS`) and :func:`render_card` derives the rest from the context and the folder
-(see :data:`DERIVED_TOKENS`). The YAML is written here, not with PyYAML (not a core dependency):
+(see :data:`DERIVED_TOKENS`). A dataset whose name has no template of its own (a user's config)
+gets the generic template ``dataset_cards/_custom.md``, filled from its config
+(:func:`config_context`). The YAML is written here, not with PyYAML (not a core dependency):
 strings are emitted as JSON strings, which YAML reads unchanged.
 """
 
@@ -29,17 +33,19 @@ from pathlib import Path
 from types import MappingProxyType
 
 from dambench import schema
+from dambench.build.yaml_text import front_matter
 from dambench.exceptions import DambenchInputError
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "dataset_cards"
 """``dataset_cards/`` of a source checkout (editable installs and tests)."""
 TEMPLATE_PACKAGE = "dambench.dataset_cards"
 """Where a wheel ships the same templates (``[tool.setuptools.package-dir]`` mapping)."""
+GENERIC_TEMPLATE = "_custom"
+"""The template of datasets without their own (no dataset name starts with ``_``)."""
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SPLIT = re.compile(r"^\w+(\.\w+)*$")
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 SPLIT_ORDER = ("train", "validation", "test")
 DEFAULT_LICENSE = "cc-by-4.0"
@@ -87,7 +93,18 @@ DERIVED_TOKENS = MappingProxyType(
 )
 """Tokens :func:`render_card` computes when ``context`` does not give them."""
 
-CARD_TOKENS = MappingProxyType({**BUILDER_TOKENS, **DERIVED_TOKENS})
+CONFIG_TOKENS = MappingProxyType(
+    {
+        "recipe": "the build recipe (era5-sample or era5-fengwu)",
+        "license": "licence identifier of the dataset",
+        "sources_list": "Markdown list of the sources and their attributions, from the config",
+        "splits_rule": "how cycles were assigned to splits, from the config",
+        "fields_table": "Markdown table of the row fields (state fields and modalities)",
+    }
+)
+"""Tokens :func:`config_context` makes from a build config (the builder passes them too)."""
+
+CARD_TOKENS = MappingProxyType({**BUILDER_TOKENS, **DERIVED_TOKENS, **CONFIG_TOKENS})
 """Every token a template may use, with its meaning."""
 
 _SIZE_CATEGORIES = (
@@ -122,7 +139,7 @@ def template_path(name: str) -> Path:
     DambenchInputError
         An invalid name, or no template: the message names the expected paths.
     """
-    if not _NAME.match(name):
+    if not _NAME.match(name) and name != GENERIC_TEMPLATE:
         raise DambenchInputError(f"Invalid dataset name {name!r} for a card template.")
     filename = f"{name}.md"
     candidates = [TEMPLATE_DIR / filename]
@@ -154,7 +171,12 @@ def available_templates() -> list[str]:
     packaged = _packaged_root()
     if packaged is not None and packaged.is_dir():
         names |= {e.name[:-3] for e in packaged.iterdir() if e.name.endswith(".md")}
-    return sorted(names)
+    return sorted(n for n in names if not n.startswith("_"))
+
+
+def template_for(name: str) -> str:
+    """The template a dataset named ``name`` uses: its own, else :data:`GENERIC_TEMPLATE`."""
+    return name if name in available_templates() else GENERIC_TEMPLATE
 
 
 def template_text(name: str) -> str:
@@ -205,6 +227,7 @@ def card_metadata(
     pretty_name: str | None = None,
     size_category: str | None = None,
     tags: Sequence[str] | None = None,
+    preview: Mapping[str, Sequence[str]] | None = None,
 ) -> dict:
     """The YAML front matter of a dataset card, as a dict.
 
@@ -220,12 +243,14 @@ def card_metadata(
     pretty_name, size_category, tags
         Hub metadata; ``size_category`` is omitted when ``None``; ``tags`` default to
         :data:`TAGS`.
+    preview
+        Split name -> preview files (``preview/{split}-*.parquet``); adds a ``preview`` config.
 
     Returns
     -------
     dict with ``license``, ``pretty_name``, ``task_categories``, ``tags``, optionally
-    ``size_categories``, and ``configs`` (one ``default`` config, one ``data_files`` entry per
-    split, in ``splits`` order).
+    ``size_categories``, and ``configs``: the ``default`` config (marked ``default: true`` when
+    a ``preview`` config follows), one ``data_files`` entry per split, in ``splits`` order.
 
     Raises
     ------
@@ -234,9 +259,9 @@ def card_metadata(
     """
     if not splits:
         raise DambenchInputError("A dataset card needs at least one split.")
-    data_files = []
-    for split, files in splits.items():
-        data_files.append({"split": split, "path": _split_pattern(split, files)})
+    data_files = [
+        {"split": split, "path": _split_pattern(split, files)} for split, files in splits.items()
+    ]
     meta: dict = {
         "license": license,
         "pretty_name": pretty_name or name,
@@ -246,85 +271,43 @@ def card_metadata(
     if size_category is not None:
         meta["size_categories"] = [size_category]
     meta["configs"] = [{"config_name": "default", "data_files": data_files}]
+    if preview:
+        meta["configs"][0]["default"] = True
+        previews = [
+            {"split": split, "path": _split_pattern(split, files, "preview")}
+            for split, files in preview.items()
+        ]
+        meta["configs"].append({"config_name": "preview", "data_files": previews})
     return meta
 
 
-def _split_pattern(split: str, files: Sequence[str]) -> str:
+def _split_pattern(split: str, files: Sequence[str], folder: str = "data") -> str:
     if not _SPLIT.match(split):
         raise DambenchInputError(f"Invalid split name {split!r} (letters, digits, _ and dots).")
-    pattern = f"data/{split}-*.parquet"
+    pattern = f"{folder}/{split}-*.parquet"
     stray = [f for f in files if not fnmatch.fnmatchcase(f, pattern)]
     if stray:
         raise DambenchInputError(f"Files {stray} of split {split!r} do not match {pattern!r}.")
     return pattern
 
 
-def front_matter(meta: Mapping) -> str:
-    """``---``-delimited YAML block of ``meta`` (mappings, lists, strings, numbers, booleans)."""
-    return "---\n" + "\n".join(_yaml_lines(meta, 0)) + "\n---\n"
-
-
-def _yaml_scalar(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return json.dumps(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    raise DambenchInputError(f"Cannot write {type(value).__name__} {value!r} in a card's YAML.")
-
-
-def _yaml_key(key) -> str:
-    key = str(key)
-    return key if _PLAIN_KEY.match(key) else json.dumps(key)
-
-
-def _yaml_lines(obj, indent: int) -> list[str]:
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            head = f"{pad}{_yaml_key(key)}:"
-            if isinstance(value, Mapping | list | tuple) and value:
-                lines.append(head)
-                child = indent + 2 if isinstance(value, Mapping) else indent
-                lines += _yaml_lines(value, child)
-            elif isinstance(value, Mapping | list | tuple):
-                lines.append(f"{head} {'{}' if isinstance(value, Mapping) else '[]'}")
-            else:
-                lines.append(f"{head} {_yaml_scalar(value)}")
-        return lines
-    for item in obj:  # a non-empty sequence
-        if isinstance(item, Mapping) and item:
-            inner = _yaml_lines(item, indent + 2)
-            lines.append(f"{pad}- {inner[0][indent + 2 :]}")
-            lines += inner[1:]
-        elif isinstance(item, Mapping | list | tuple):
-            raise DambenchInputError("Nested or empty sequences are not supported in card YAML.")
-        else:
-            lines.append(f"{pad}- {_yaml_scalar(item)}")
-    return lines
-
-
 # --- derived tokens ----------------------------------------------------------------------------
 
 
-def splits_from_folder(folder: str | Path) -> dict[str, list[str]]:
-    """Split name -> Parquet files found as ``folder/data/{split}-*.parquet``, train first.
+def splits_from_folder(folder: str | Path, subfolder: str = "data") -> dict[str, list[str]]:
+    """Split name -> Parquet files found as ``folder/SUBFOLDER/{split}-*.parquet``, train first.
 
     Raises
     ------
     DambenchInputError
-        ``folder/data`` holds no Parquet file.
+        ``folder/data`` holds no Parquet file (an absent ``preview`` folder gives ``{}``).
     """
     folder = Path(folder)
     found: dict[str, list[str]] = {}
-    for path in sorted((folder / "data").glob("*.parquet")):
+    for path in sorted((folder / subfolder).glob("*.parquet")):
         split = path.name.split("-", 1)[0]
         found.setdefault(split, []).append(path.relative_to(folder).as_posix())
-    if not found:
+    if not found and subfolder == "data":
         raise DambenchInputError(f"No Parquet file in {folder / 'data'}: cannot list the splits.")
     order = [s for s in SPLIT_ORDER if s in found] + sorted(set(found) - set(SPLIT_ORDER))
     return {split: found[split] for split in order}
@@ -441,23 +424,31 @@ def render_card(
     license: str = DEFAULT_LICENSE,
     pretty_name: str | None = None,
     tags: Sequence[str] | None = None,
+    preview: Mapping[str, Sequence[str]] | None = None,
+    template: str | None = None,
 ) -> str:
     """The full ``README.md`` text of a built folder: YAML front matter and the filled template.
 
     Parameters
     ----------
     name
-        Dataset name; the template is ``dataset_cards/NAME.md``.
+        Dataset name.
     folder
         The built folder: the source of the splits (``data/*.parquet``, when ``splits`` is
-        ``None``) and of the observation parameters (``NAME.zarr``) for derived tokens. May be
-        ``None`` when ``splits`` is given and ``context`` holds every token.
+        ``None``), of the preview files (``preview/*.parquet``, when ``preview`` is ``None``) and
+        of the observation parameters (``NAME.zarr``) for derived tokens. May be ``None`` when
+        ``splits`` is given and ``context`` holds every token.
     context
         Token -> value (see :data:`CARD_TOKENS`); values are written with ``str``.
     splits
         Split name -> Parquet files (default: found in ``folder``).
     license, pretty_name, tags
         Front matter (``pretty_name`` defaults to ``context["title"]``, then ``name``).
+    preview
+        Split name -> preview files (default: found in ``folder``); adds the ``preview`` config.
+    template
+        Template name (default: ``name``; :func:`template_for` picks the generic one for names
+        without a template).
 
     Returns
     -------
@@ -468,11 +459,13 @@ def render_card(
     DambenchInputError
         No template, a token that is neither in ``context`` nor derivable (named), bad splits.
     """
-    text = template_text(name)
+    text = template_text(template or name)
     if splits is None:
         if folder is None:
             raise DambenchInputError("render_card needs a folder or explicit splits.")
         splits = splits_from_folder(folder)
+    if preview is None and folder is not None:
+        preview = splits_from_folder(folder, "preview")
     values = {k: str(v) for k, v in context.items()}
     values.update(derived_context(name, folder, values, splits, template_tokens(text)))
     body = fill(text, values)
@@ -483,8 +476,56 @@ def render_card(
         pretty_name=pretty_name or values.get("title") or name,
         size_category=_size_label(values),
         tags=tags,
+        preview=preview,
     )
     return front_matter(meta) + "\n" + body.rstrip("\n") + "\n"
+
+
+def config_context(config) -> dict[str, str]:
+    """The :data:`CONFIG_TOKENS` of a :class:`~dambench.build.config.BuildConfig`."""
+    sources = [f"- **{key}**: {value}" for key, value in sorted(config.sources.items())]
+    return {
+        "recipe": config.recipe,
+        "license": config.license,
+        "sources_list": "\n".join(sources) or "- (the config records no sources)",
+        "splits_rule": splits_rule(config.splits),
+        "fields_table": fields_table(
+            len(config.channels),
+            [m for m, info in schema.MODALITIES.items() if info.group in config.modalities],
+        ),
+    }
+
+
+def splits_rule(splits: Mapping) -> str:
+    """One sentence saying how a config's ``splits`` entry assigns cycles to splits."""
+    if "dates" in splits:
+        spans = [f"{name} {a} to {b}" for name, (a, b) in splits["dates"].items()]
+        return "By date (inclusive): " + "; ".join(spans) + "."
+    days = splits["last_days"]
+    parts = [f"the last {days.get('test', 0)} calendar days are the test split"]
+    if days.get("validation"):
+        parts.append(f"the {days['validation']} days before them the validation split")
+    return "; ".join(parts) + "; the rest is the train split."
+
+
+def fields_table(n_channels: int, modalities: Sequence[str]) -> str:
+    """Markdown table of a row's fields: time, the three state fields and the modalities."""
+    shape = f"({n_channels}, 121, 240) float32"
+    rows = [
+        "| field | shape, dtype | units | content |",
+        "|---|---|---|---|",
+        "| `time` | scalar, timestamp[ns] | UTC | cycle (analysis) time |",
+        f"| `target` | {shape} | per channel (table below) | the state to recover x*(t) |",
+        f"| `background` | {shape} | as `target` | background state x_b(t) |",
+        f"| `observation` | {shape} | as `target` | y(t) = x*(t) + noise at observed points; "
+        "NaN where unobserved |",
+    ]
+    for name in modalities:
+        info = schema.MODALITIES[name]
+        rows.append(
+            f"| `{name}` | (121, 240) float32 | {info.units} | {info.long_name}; NaN where absent |"
+        )
+    return "\n".join(rows)
 
 
 def _size_label(values: Mapping[str, str]) -> str | None:
@@ -501,6 +542,8 @@ def write_card(
     license: str = DEFAULT_LICENSE,
     pretty_name: str | None = None,
     tags: Sequence[str] | None = None,
+    preview: Mapping[str, Sequence[str]] | None = None,
+    template: str | None = None,
 ) -> Path:
     """Render the card (see :func:`render_card`) and write ``folder/README.md`` atomically.
 
@@ -513,7 +556,15 @@ def write_card(
     """
     folder = Path(folder)
     text = render_card(
-        name, folder, context, splits=splits, license=license, pretty_name=pretty_name, tags=tags
+        name,
+        folder,
+        context,
+        splits=splits,
+        license=license,
+        pretty_name=pretty_name,
+        tags=tags,
+        preview=preview,
+        template=template,
     )
     return _atomic_write_text(folder / "README.md", text)
 

@@ -17,44 +17,42 @@ unfinished build's ``.dambench-build/``) are neither required in the manifest no
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.exceptions import DambenchError
+from dambench.sources.base import is_network_error
+from dambench.verify import (
+    MANIFEST,
+    ManifestError,
+    few,
+    is_hidden,
+    read_manifest,
+    sha256_file,
+    verify,
+)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 HUB_URL = "https://huggingface.co"
 HIDDEN_PATTERNS = (".*", "*/.*")
 """Upload ignore patterns (fnmatch, ``*`` crosses ``/``): every path with a hidden component."""
-_REPORT_LIMIT = 10
-_NETWORK_ERROR_NAMES = frozenset(
-    {
-        "OfflineModeIsEnabled",
-        "ConnectionError",  # requests' ConnectionError is not the built-in one
-        "Timeout",
-        "ConnectError",
-        "ConnectTimeout",
-        "ReadTimeout",
-        "TimeoutException",
-        "TransportError",
-        "NetworkError",
-        "ProxyError",
-        "SSLError",
-        "MaxRetryError",
-        "NewConnectionError",
-    }
-)
-
-
-class ManifestError(DambenchInputError):
-    """A built folder does not match its ``manifest.json`` (or has none)."""
+__all__ = [
+    "HIDDEN_PATTERNS",
+    "HubUnreachableError",
+    "ManifestError",
+    "RemoteMismatchError",
+    "git_blob_sha1",
+    "is_hidden",
+    "is_network_error",
+    "publish",
+    "read_manifest",
+    "sha256_file",
+    "verify_manifest",
+    "verify_remote",
+]
 
 
 class RemoteMismatchError(DambenchError, RuntimeError):
@@ -68,15 +66,6 @@ class HubUnreachableError(DambenchError, ConnectionError):
 # --- local verification ------------------------------------------------------------------------
 
 
-def sha256_file(path: str | Path, block_size: int = 4 << 20) -> str:
-    """Hex sha256 of a file, read in blocks of ``block_size`` bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(block_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def git_blob_sha1(path: str | Path, block_size: int = 4 << 20) -> str:
     """Git object id of a file (``sha1("blob <size>\\0" + content)``), as the Hub reports for
     files stored without LFS."""
@@ -88,122 +77,20 @@ def git_blob_sha1(path: str | Path, block_size: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
-def is_hidden(relative: str) -> bool:
-    """True when a folder-relative POSIX path has a component starting with ``.``."""
-    return any(part.startswith(".") for part in PurePosixPath(relative).parts)
-
-
-def read_manifest(folder: str | Path) -> dict:
-    """Load and check the structure of ``folder/manifest.json``.
-
-    Raises
-    ------
-    ManifestError
-        No manifest, invalid JSON, no ``files`` mapping, an entry without an integer ``bytes`` and
-        a 64-hex ``sha256``, or a path that is absolute or leaves the folder.
-    """
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ManifestError(f"{folder} has no {MANIFEST}: is it a finished dambench build?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ManifestError(f"{path} is not valid JSON: {err}") from err
-    files = manifest.get("files") if isinstance(manifest, Mapping) else None
-    if not isinstance(files, Mapping) or not files:
-        raise ManifestError(f"{path} has no 'files' mapping of relative path -> sha256, bytes.")
-    bad = [name for name, entry in files.items() if not _valid_entry(name, entry)]
-    if bad:
-        raise ManifestError(f"{path} has invalid entries {_few(bad)}.")
-    return manifest
-
-
-def _valid_entry(name: str, entry) -> bool:
-    parts = PurePosixPath(name).parts
-    safe = bool(parts) and not name.startswith("/") and ".." not in parts and name != MANIFEST
-    if not safe or not isinstance(entry, Mapping):
-        return False
-    digest = entry.get("sha256")
-    size = entry.get("bytes")
-    hex_ok = (
-        isinstance(digest, str)
-        and len(digest) == 64
-        and all(c in "0123456789abcdef" for c in digest.lower())
-    )
-    return hex_ok and isinstance(size, int) and not isinstance(size, bool) and size >= 0
-
-
-def folder_files(folder: str | Path) -> set[str]:
-    """Relative POSIX paths of the files of ``folder``, without hidden paths and the manifest."""
-    folder = Path(folder)
-    found = set()
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_file() and not is_hidden(relative) and relative != MANIFEST:
-            found.add(relative)
-    return found
-
-
 def verify_manifest(folder: str | Path) -> dict:
-    """Check every file of a built folder against ``manifest.json``.
-
-    Sizes are compared first; the sha256 of every listed file is then recomputed.
-
-    Parameters
-    ----------
-    folder
-        The built dataset folder.
-
-    Returns
-    -------
-    The manifest (a dict).
+    """Check every file of a built folder against ``manifest.json`` (see
+    :func:`dambench.verify.verify`) and return the manifest.
 
     Raises
     ------
     ManifestError
         Naming (up to 10 of each, with counts) the listed files that are missing, the files whose
-        size or checksum changed, and the files present but absent from the manifest (hidden
-        paths such as ``.cache/`` excepted).
+        size or checksum changed, the files present but absent from the manifest (hidden paths
+        such as ``.cache/`` excepted) and listed leftovers of interrupted writes.
+    UnfinishedBuildError
+        The folder holds an unfinished build.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ManifestError(f"{folder} is not a folder.")
-    manifest = read_manifest(folder)
-    listed = manifest["files"]
-    present = folder_files(folder) | {n for n in listed if is_hidden(n) and (folder / n).is_file()}
-    missing = sorted(set(listed) - present)
-    extra = sorted(present - set(listed))
-    changed = _changed_files(folder, listed, sorted(set(listed) & present))
-    problems = []
-    if missing:
-        problems.append(f"missing files {_few(missing)}")
-    if changed:
-        problems.append(f"changed files {_few(changed)}")
-    if extra:
-        problems.append(f"files not in the manifest {_few(extra)}")
-    if problems:
-        raise ManifestError(f"{folder} does not match its {MANIFEST}: " + "; ".join(problems) + ".")
-    return manifest
-
-
-def _changed_files(folder: Path, listed: Mapping, names: list[str]) -> list[str]:
-    """Names whose size or sha256 differs from the manifest (hashed on a few threads: hashlib
-    releases the GIL on large blocks)."""
-    resized = [n for n in names if (folder / n).stat().st_size != listed[n]["bytes"]]
-    skip = set(resized)
-    to_hash = [n for n in names if n not in skip]
-    workers = min(8, os.cpu_count() or 1, max(1, len(to_hash)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = pool.map(lambda n: sha256_file(folder / n), to_hash)
-        pairs = zip(to_hash, digests, strict=True)
-        rehashed = [n for n, d in pairs if d != listed[n]["sha256"].lower()]
-    return sorted(resized + rehashed)
-
-
-def _few(names: list[str]) -> str:
-    shown = repr(names[:_REPORT_LIMIT])
-    more = len(names) - _REPORT_LIMIT
-    return shown if more <= 0 else f"{shown} and {more} more ({len(names)} in all)"
+    return verify(folder).manifest
 
 
 # --- the Hub -----------------------------------------------------------------------------------
@@ -342,8 +229,8 @@ def verify_remote(
     if MANIFEST in remote and not _remote_matches(remote[MANIFEST], None, folder / MANIFEST):
         differ.append(MANIFEST)
     if missing or differ:
-        parts = ([f"missing on the Hub {_few(missing)}"] if missing else []) + (
-            [f"different on the Hub {_few(differ)}"] if differ else []
+        parts = ([f"missing on the Hub {few(missing)}"] if missing else []) + (
+            [f"different on the Hub {few(differ)}"] if differ else []
         )
         raise RemoteMismatchError(
             f"{repo_id} does not match {folder / MANIFEST}: " + "; ".join(parts) + ". "
@@ -378,21 +265,3 @@ def _hub_errors(repo_id: str, folder: Path) -> Iterator[None]:
             f"({type(err).__name__}: {err}). The folder {folder} is intact and verified; "
             "publish again when online (unset HF_HUB_OFFLINE if it is set)."
         ) from err
-
-
-def is_network_error(err: BaseException) -> bool:
-    """True when ``err``, or an error it was raised from, is a network or offline-mode error."""
-    for link in _chain(err):
-        if isinstance(link, ConnectionError | TimeoutError):
-            return True
-        if {cls.__name__ for cls in type(link).__mro__} & _NETWORK_ERROR_NAMES:
-            return True
-    return False
-
-
-def _chain(err: BaseException | None) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__

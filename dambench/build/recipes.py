@@ -26,6 +26,7 @@ from dambench.build.config import BuildConfig
 from dambench.channels import to_channels
 from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID
+from dambench.modalities import names_for_groups
 from dambench.observe import nearest_cells, observe
 from dambench.regrid import regrid
 from dambench.sample import ERA5_SAMPLE_ATTRIBUTION, open_era5_sample
@@ -35,12 +36,6 @@ from dambench.sources.cpc import cpc_on_grid, read_cpc_binary, read_cpc_psl
 from dambench.sources.era5 import open_era5
 from dambench.sources.olr import olr_on_grid, read_olr
 
-MODALITY_UNITS = {"precip": "mm/day", "precip_gauges": "1", "olr": "W m-2"}
-MODALITY_LONG_NAMES = {
-    "precip": "daily precipitation rate observed at gauges or stations",
-    "precip_gauges": "number of gauges or stations in the cell",
-    "olr": "outgoing longwave radiation, daily mean",
-}
 M_PER_HOUR_TO_MM_PER_DAY = 1000.0 * 24.0
 
 
@@ -200,9 +195,9 @@ class FengwuRecipe:
             cpc = _read_cpc_days(inputs["cpc"], self.cycles)
             if cpc is not None:
                 on_grid = cpc_on_grid(cpc)
-                sources["precip"] = (on_grid["precip"], "daily")
-                if "gauges" in on_grid:
-                    sources["precip_gauges"] = (on_grid["gauges"], "daily")
+                for name in ("precip", "precip_gauges"):  # gauge counts: raw binaries only
+                    if name in on_grid:
+                        sources[name] = (on_grid[name], "daily")
         if "olr" in self.config.modalities and "olr" in inputs:
             sources["olr"] = (olr_on_grid(read_olr(inputs["olr"])), "daily")
         aligned, self.report = align(self.cycles, sources)
@@ -217,15 +212,13 @@ class FengwuRecipe:
             "background": self.background_source.at(times).values.astype(np.float32),
             "observation": observe(target, **self.config.observation).values.astype(np.float32),
         }
-        for name in self.config.modalities:
-            names = [name, "precip_gauges"] if name == "precip" else [name]
-            for key in names:
-                field = self.modalities.get(key)
-                out[key] = (
-                    np.full((len(indices), *CANONICAL_GRID.shape), np.nan, np.float32)
-                    if field is None
-                    else field.values[indices].astype(np.float32)
-                )
+        for name in names_for_groups(list(self.config.modalities)):
+            field = self.modalities.get(name)
+            out[name] = (
+                np.full((len(indices), *CANONICAL_GRID.shape), np.nan, np.float32)
+                if field is None
+                else field.values[indices].astype(np.float32)
+            )
         return out
 
 

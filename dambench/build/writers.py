@@ -1,13 +1,21 @@
 """Writers of the two published representations: a sharded Zarr v3 store and Parquet shards.
 
 Both are deterministic functions of the data (no wall-clock time anywhere), so a resumed build ends
-byte-identical to an uninterrupted one. Parquet files are written to a temporary name and renamed.
+byte-identical to an uninterrupted one. Every file is written to a temporary name and renamed
+(zarr's local store does the same with ``*.partial`` names), so a file is whole or absent.
+
+Both formats carry their own checksums, so a read of corrupted bytes fails without a full hash:
+every Zarr chunk ends with a crc32c (:data:`ZARR_COMPRESSORS`; the shard index has one by default)
+and every Parquet data page has a page CRC (``write_page_checksum``; readers verify it with
+``page_checksum_verification``, see :func:`dambench.load.load_rows`). Attributes are strings
+(JSON for structured values), so a store exports to netCDF as it is.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +25,9 @@ import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 
-from dambench import __version__, schema
-from dambench.build.recipes import MODALITY_LONG_NAMES, MODALITY_UNITS
-from dambench.channels import channel_coords
+from dambench import schema
+from dambench._version import __version__
+from dambench.channels import LEVEL_ATTRS, channel_coords
 from dambench.grid import CANONICAL_GRID
 
 STATE_FIELDS = ("target", "background", "observation")
@@ -28,7 +36,17 @@ FIELD_LONG_NAMES = {
     "background": "background state x_b(t)",
     "observation": "observations y(t) = M(t) x*(t) + noise, NaN where unobserved",
 }
-_COMPRESSORS = [zarr.codecs.ZstdCodec(level=3)]
+ZARR_COMPRESSORS = (
+    zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=4),
+    zarr.codecs.Crc32cCodec(),
+)
+"""The bytes-to-bytes codecs of every chunk, chosen by ``benchmarks/bench_io.py --codecs``:
+Blosc-zstd with byte shuffle, then a crc32c checksum that fails the read of a corrupted chunk."""
+TIME_ATTRS = {"axis": "T", "standard_name": "time", "long_name": "cycle (analysis) time, UTC"}
+CHANNEL_LEVEL_ATTRS = {
+    **{k: v for k, v in LEVEL_ATTRS.items() if k != "axis"},
+    "long_name": "pressure level (NaN at the surface)",
+}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -59,7 +77,7 @@ def create_store(
     n, c = len(cycles), len(channels)
     h, w = CANONICAL_GRID.shape
     coords = {
-        schema.TIME: xr.DataArray(cycles.values, dims=schema.TIME, attrs={"axis": "T"}),
+        schema.TIME: xr.DataArray(cycles.values, dims=schema.TIME, attrs=TIME_ATTRS),
         "split": xr.DataArray(np.asarray(splits, dtype=object), dims=schema.TIME),
         **{
             name: coord.astype(object) if coord.dtype.kind == "U" else coord
@@ -74,6 +92,7 @@ def create_store(
         ),
         **CANONICAL_GRID.coords(),
     }
+    coords[schema.LEVEL] = coords[schema.LEVEL].assign_attrs(CHANNEL_LEVEL_ATTRS)
     variables = {}
     encoding = {}
     for name in STATE_FIELDS:
@@ -86,7 +105,10 @@ def create_store(
         variables[name] = xr.Variable(
             (schema.TIME, *schema.SPATIAL_DIMS),
             _lazy_nan((n, h, w)),
-            attrs={"units": MODALITY_UNITS[name], "long_name": MODALITY_LONG_NAMES[name]},
+            attrs={
+                "units": schema.MODALITIES[name].units,
+                "long_name": schema.MODALITIES[name].long_name,
+            },
         )
         encoding[name] = _encoding((1, h, w), (cycles_per_shard, h, w))
     ds = xr.Dataset(variables, coords=coords, attrs=attrs)
@@ -101,7 +123,7 @@ def _lazy_nan(shape):
 
 
 def _encoding(chunks, shards) -> dict:
-    return {"chunks": chunks, "shards": shards, "compressors": _COMPRESSORS}
+    return {"chunks": chunks, "shards": shards, "compressors": ZARR_COMPRESSORS}
 
 
 def write_store_block(path: Path, start: int, arrays: dict[str, np.ndarray]) -> None:
@@ -116,10 +138,25 @@ def write_store_block(path: Path, start: int, arrays: dict[str, np.ndarray]) -> 
     )
 
 
-def update_store_attrs(path: Path, attrs: dict) -> None:
-    """Merge ``attrs`` into the store's root attributes."""
+def update_store_attrs(path: Path, attrs: dict[str, str]) -> None:
+    """Merge ``attrs`` (strings: JSON for structured values) into the store's root attributes."""
+    bad = [k for k, v in attrs.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"Store attributes {bad} must be strings (JSON for structured values).")
     group = zarr.open_group(path, mode="r+", zarr_format=3)
     group.attrs.update(attrs)
+
+
+def consolidate_store(path: Path) -> None:
+    """Write the consolidated metadata (every node's ``zarr.json`` gathered into the root one), so
+    that opening the store over HTTP is one request.
+
+    zarr-python 3 warns that consolidated metadata is not (yet) part of the Zarr v3 specification;
+    it is the zarr-python convention that xarray reads, so the warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path), zarr_format=3)
 
 
 # --- Parquet -------------------------------------------------------------------------------------
@@ -150,17 +187,77 @@ def _nested(values: np.ndarray, extension_type) -> pa.ExtensionArray:
 
 
 def write_parquet(path: Path, times: np.ndarray, arrays: dict[str, np.ndarray], features) -> None:
-    """One Parquet file, one row group per cycle, zstd, no dictionary encoding; atomic."""
+    """One Parquet file, one row group per cycle, zstd, no dictionary encoding, page checksums;
+    atomic."""
     schema_ = features.arrow_schema
     tmp = path.with_name(path.name + ".tmp")
     with pq.ParquetWriter(
-        tmp, schema_, compression="zstd", use_dictionary=False, write_statistics=False
+        tmp,
+        schema_,
+        compression="zstd",
+        use_dictionary=False,
+        write_statistics=False,
+        write_page_checksum=True,
     ) as writer:
         for i, time in enumerate(times):
             columns = {"time": pa.array(np.array([time], dtype="datetime64[ns]"))}
             for name, values in arrays.items():
                 columns[name] = _nested(values[i : i + 1], schema_.field(name).type)
             writer.write_table(pa.table(columns, schema=schema_))
+    os.replace(tmp, path)
+
+
+def preview_table(
+    times: np.ndarray, channels: list[str], arrays: dict[str, np.ndarray]
+) -> pa.Table:
+    """The rows of the card's small ``preview`` config: one per (cycle, channel), a few scalars.
+
+    Parameters
+    ----------
+    times
+        ``(n,)`` datetime64 cycle times.
+    channels
+        The ``C`` channel names.
+    arrays
+        ``target``, ``background``, ``observation``: ``(n, C, 121, 240)`` in physical units.
+
+    Returns
+    -------
+    Table with ``time``, ``channel``, ``units``, ``target_mean``, ``target_std`` (weighted by
+    cos(latitude) over the grid), ``background_rmse`` (the same weights, against the target),
+    ``observed_fraction`` and ``observation_rmse`` (over the observed points).
+    """
+    lat = np.deg2rad(CANONICAL_GRID.latitude)
+    weights = np.clip(np.cos(lat), 0, None)[:, None] * np.ones(CANONICAL_GRID.shape[1])
+    weights = weights / weights.sum()
+    target = arrays["target"].astype(np.float64)
+    mean = np.einsum("ncij,ij->nc", target, weights)
+    var = np.einsum("ncij,ij->nc", (target - mean[..., None, None]) ** 2, weights)
+    error = arrays["background"].astype(np.float64) - target
+    observed = np.isfinite(arrays["observation"])
+    count = observed.sum(axis=(2, 3))
+    obs_error = np.where(observed, arrays["observation"] - target, 0.0)
+    n, c = mean.shape
+    with np.errstate(invalid="ignore", divide="ignore"):
+        obs_rmse = np.sqrt((obs_error**2).sum(axis=(2, 3)) / count)
+    columns = {
+        "time": pa.array(np.repeat(np.asarray(times, "datetime64[ns]"), c)),
+        "channel": pa.array(np.tile(np.asarray(channels, dtype=object), n), pa.string()),
+        "units": pa.array([schema.channel_units(ch) for ch in channels] * n, pa.string()),
+        "target_mean": mean.ravel(),
+        "target_std": np.sqrt(var).ravel(),
+        "background_rmse": np.sqrt(np.einsum("ncij,ij->nc", error**2, weights)).ravel(),
+        "observed_fraction": (count / np.prod(CANONICAL_GRID.shape)).ravel(),
+        "observation_rmse": obs_rmse.ravel(),
+    }
+    return pa.table(columns)
+
+
+def write_preview(path: Path, table: pa.Table) -> None:
+    """Write a preview table (zstd, page checksums) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     os.replace(tmp, path)
 
 

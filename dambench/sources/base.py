@@ -10,8 +10,9 @@ code: :func:`open_dataset_any` and :func:`local_copy`.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -64,6 +65,68 @@ def _unreachable(path: PathLike, err: Exception) -> DambenchSourceError:
         f"Cannot read {path!s} ({type(err).__name__}: {err}).{hint} Check the URL and the network, "
         "or download the file and pass its local path."
     )
+
+
+_NETWORK_ERROR_NAMES = frozenset(
+    {
+        "OfflineModeIsEnabled",
+        "ConnectionError",  # requests' ConnectionError is not the built-in one
+        "Timeout",
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "TimeoutException",
+        "TransportError",
+        "NetworkError",
+        "ProxyError",
+        "SSLError",
+        "MaxRetryError",
+        "NewConnectionError",
+    }
+)
+HUB_PROBE_TIMEOUT_S = 3.0
+"""Seconds :func:`hub_reachable` waits for a TCP connection to the Hub."""
+
+
+def is_network_error(err: BaseException) -> bool:
+    """True when ``err``, or an error it was raised from, is a network or offline-mode error
+    (of any HTTP client: requests, httpx, aiohttp, urllib3)."""
+    for link in _chain(err):
+        if isinstance(link, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        if {cls.__name__ for cls in type(link).__mro__} & _NETWORK_ERROR_NAMES:
+            return True
+    return False
+
+
+def _chain(err: BaseException | None) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face Hub cannot be used now, or ``None`` when it can.
+
+    ``HF_HUB_OFFLINE=1`` answers at once; otherwise one TCP connection to the Hub's endpoint
+    (``HF_ENDPOINT``, default ``https://huggingface.co``) is tried for at most
+    :data:`HUB_PROBE_TIMEOUT_S` seconds, so that a machine without network fails in seconds
+    instead of the Hub client's retries (about 23 s).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return None
+    except OSError as err:
+        return f"cannot connect to {host}:{port} ({type(err).__name__}: {err})"
 
 
 def cache_root() -> Path:

@@ -25,9 +25,11 @@ from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID, Grid, to_canonical
 from dambench.regrid import regrid
 from dambench.sources.base import PathLike, open_dataset_any, select_times, time_lat_lon
+from dambench.units import same_units
 
-OLR_UNITS = "W m-2"
-"""Units of every OLR field this module returns."""
+OLR = "olr"
+OLR_UNITS = schema.MODALITIES[OLR].units
+"""Units of every OLR field this module returns (the schema's)."""
 
 OLR_ATTRS = {
     "units": OLR_UNITS,
@@ -42,16 +44,11 @@ OLR_ATTRS = {
     ),
 }
 
-_OLR_UNIT_SPELLINGS = frozenset({"w m-2", "w/m^2", "w/m2", "w m**-2", "w m^-2", "w.m-2", "w/m**2"})
-
-
-def _is_olr_units(units) -> bool:
-    return " ".join(str(units).strip().lower().split()) in _OLR_UNIT_SPELLINGS
-
 
 def check_olr_units(units, source: str = "OLR") -> None:
-    """Raise unless ``units`` spells W m-2 (``"W/m^2"``, ``"W m-2"``, ``"W m**-2"``, ...)."""
-    if not _is_olr_units(units):
+    """Raise unless ``units`` spells W m-2 (``"W/m^2"``, ``"W m-2"``, ``"W m**-2"``, ...; see
+    :func:`dambench.units.canonical_units`)."""
+    if not same_units(units, OLR_UNITS):
         raise DambenchInputError(
             f"{source}: OLR units must be W m-2 (e.g. 'W/m^2', 'W m-2', 'W m**-2'), "
             f"found {units!r}."
@@ -86,12 +83,12 @@ def read_olr(
     """
     source = str(path)
     ds = open_dataset_any(path)
-    if "olr" not in ds.data_vars:
+    if OLR not in ds.data_vars:
         raise DambenchInputError(
             f"{source}: not an OLR file: no 'olr' variable; found variables "
             f"{sorted(map(str, ds.data_vars))}."
         )
-    da = ds["olr"]
+    da = ds[OLR]
     check_olr_units(da.attrs.get("units"), source)
     da = time_lat_lon(da, source)
     if times is not None:
@@ -107,7 +104,7 @@ def read_olr(
     )
     da[schema.TIME].attrs.pop("actual_range", None)  # stale once subset
     out = to_canonical(da)
-    out.name = "olr"
+    out.name = OLR
     out.attrs = {**OLR_ATTRS, "source_file": source}
     if valid_range is not None:
         out.attrs["valid_range"] = np.asarray(valid_range, dtype=np.float32)
@@ -183,7 +180,7 @@ def olr_on_grid(
     if not 0 <= min_coverage <= 1:
         raise DambenchInputError(f"min_coverage must be in [0, 1], found {min_coverage}.")
     out = regrid(da, grid, method="conservative", min_coverage=min_coverage)
-    out.name = "olr"
+    out.name = OLR
     out.attrs = {
         **da.attrs,
         "units": OLR_UNITS,

@@ -4,6 +4,7 @@ import pytest
 
 from baselines.config import TrainConfig, load_run_config
 from baselines.train import EpochSampler, learning_rate
+from dambench.exceptions import DambenchInputError
 
 
 def test_paper_schedule_golden_points():
@@ -35,6 +36,21 @@ def test_config_is_strict_and_overridable(tmp_path):
     path.write_text("model: {name: x}\n")
     with pytest.raises(ValueError, match="must look like"):
         load_run_config(path, ["train.epochs"])
+
+
+def test_train_options_are_validated_naming_the_key():
+    cfg = TrainConfig(ema_decay=0.999, sample_every=2, sample_batches=3, sample_members=4)
+    assert cfg.ema_decay == 0.999 and cfg.sample_every == 2
+    for bad, key in [
+        ({"ema_decay": 1.0}, "train.ema_decay"),
+        ({"sample_every": 0}, "train.sample_every"),
+        ({"sample_batches": 0}, "train.sample_batches"),
+        ({"sample_members": 0}, "train.sample_members"),
+        ({"max_steps_per_epoch": 0}, "train.max_steps_per_epoch"),
+        ({"epochs": 0}, "train.epochs"),
+    ]:
+        with pytest.raises(DambenchInputError, match=key):
+            TrainConfig(**bad)
 
 
 @pytest.mark.parametrize("name", ["convcnp_small", "convcnp_full", "fnp_small", "fnp_full"])

@@ -1,4 +1,5 @@
-"""Tests of the reference analyses: Background and 3D-Var (baselines/models/reference.py).
+"""Tests of the reference analyses: Background and 3D-Var (baselines/models/background.py,
+baselines/models/threedvar.py) and the background-error library (baselines/layers/covariance.py).
 
 The 3D-Var golden values come from an independent dense computation over the full state:
 B is built for every grid point from the haversine great-circle angle (the model uses dot
@@ -16,13 +17,14 @@ import torch
 import xarray as xr
 
 from baselines.interface import DABatch
-from baselines.models.reference import (
-    Background,
-    ThreeDVar,
+from baselines.layers.covariance import (
     equiangular_grid,
     fit_background_error,
     normalised_observation_error_std,
+    observation_noise_of,
 )
+from baselines.models.background import Background
+from baselines.models.threedvar import ThreeDVar
 from baselines.registry import create_model
 from dambench import schema
 from dambench.exceptions import DambenchInputError
@@ -93,7 +95,7 @@ def test_background_returns_the_background_exactly():
     analysis = model(batch)
     assert torch.equal(analysis.mean, batch.background)
     assert analysis.std is None
-    assert model.trainable is False and not list(model.parameters())
+    assert model.info.trainable is False and not list(model.parameters())
     result = model.loss(batch)
     assert not result.loss.requires_grad
     np.testing.assert_allclose(float(result.loss), np.mean((bg - batch.target.numpy()) ** 2))
@@ -275,7 +277,7 @@ def test_fit_refuses_validation_and_test_cycles(embedded):
     from dambench.load import open_dataset
 
     with pytest.raises(DambenchInputError, match="train split only"):
-        ThreeDVar.fit(open_dataset(folder), stats)
+        create_model("threedvar", in_chans=4).fit(open_dataset(folder), stats)
 
 
 def test_save_load_and_state_dict_roundtrip(tmp_path):
@@ -303,6 +305,86 @@ def test_normalised_observation_error_std():
     np.testing.assert_allclose(normalised_observation_error_std(["u10"], stats, noise=0), [0.0])
 
 
+def _tiny_train_dataset(observation_attr: str | None, n_time: int = 3) -> xr.Dataset:
+    """Random background errors on a 9 x 16 grid, 2 channels, every cycle in the train split."""
+    lat, lon = equiangular_grid(9, 16)
+    rng = np.random.default_rng(12)
+    target = rng.normal(size=(n_time, 2, 9, 16))
+    ds = xr.Dataset(
+        {
+            "target": (schema.CANONICAL_DIMS, target),
+            "background": (schema.CANONICAL_DIMS, target + rng.normal(size=target.shape)),
+        },
+        coords={
+            "channel": ["u10", "t2m"],
+            "latitude": lat,
+            "longitude": lon,
+            "split": ("time", ["train"] * n_time),
+        },
+    )
+    if observation_attr is not None:
+        ds.attrs["observation"] = observation_attr
+    return ds
+
+
+_STATS = xr.Dataset(
+    {"std": ("channel", [2.0, 10.0]), "mean": ("channel", [0.0, 0.0])},
+    coords={"channel": ["u10", "t2m"]},
+)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [
+        ('{"pattern": "random", "ratio": 0.05, "seed": 0, "noise": "default"}', "default"),
+        ('{"noise": 0.5}', 0.5),
+        ('{"noise": "0.5"}', 0.5),
+        ('{"noise": null}', None),
+        ('{"noise": {"u10": 1.0, "t2m": 2.0}}', {"u10": 1.0, "t2m": 2.0}),
+        ('{"pattern": "random"}', "default"),  # observe()'s default noise
+    ],
+)
+def test_observation_noise_of_reads_the_recorded_setting(recorded, expected):
+    assert observation_noise_of(_tiny_train_dataset(recorded)) == expected
+
+
+@pytest.mark.parametrize(
+    ("recorded", "match"),
+    [
+        ('{"noise": 0.5', "not a JSON object"),  # truncated JSON
+        ("noise=0.5", "not a JSON object"),
+        ('{"noise": 0.5, "nosie": 1}', "does not take"),
+        ('{"noise": "large"}', "records noise='large'"),
+        (None, "records no observation settings"),
+    ],
+)
+def test_unreadable_observation_noise_is_refused_not_defaulted(recorded, match):
+    """Regression (issue 8 item 6): the old reader turned unreadable JSON (and a missing record)
+    into the default noise, so 3D-Var's R was silently wrong."""
+    ds = _tiny_train_dataset(recorded)
+    with pytest.raises(DambenchInputError, match=match):
+        observation_noise_of(ds)
+    model = create_model("threedvar", in_chans=2)
+    with pytest.raises(DambenchInputError, match=match):
+        model.fit(ds, _STATS)
+    # an explicit R needs no record
+    model.fit(ds, _STATS, obs_error_std=[0.1, 0.2])
+    torch.testing.assert_close(model.obs_error_std, torch.tensor([0.1, 0.2], dtype=torch.float64))
+
+
+def test_fit_uses_the_recorded_noise_in_normalised_units():
+    model = create_model("threedvar", in_chans=7, img_size=(7, 12))
+    model.fit(_tiny_train_dataset('{"noise": 0.5}'), _STATS, verbose=False)
+    assert model.in_chans == 2 and model.channels == ["u10", "t2m"]  # follows the data
+    np.testing.assert_allclose(model.obs_error_std.numpy(), [0.5 / 2.0, 0.5 / 10.0])
+    assert model.latitude.size == 9 and model.fit_info["observation_noise"] == "0.5"
+    # the fitted grid is kept: a batch on another grid is refused
+    rng = np.random.default_rng(13)
+    bg, obs, mask = _random_problem(rng, (1, 2, 7, 12), [[3, 3]])
+    with pytest.raises(DambenchInputError, match="model's grid is 9 x 16"):
+        model(_batch(bg, obs, mask))
+
+
 # --- registry, contract and errors ---------------------------------------------------------------
 
 
@@ -316,7 +398,7 @@ def test_tiny_models_forward_shape_and_loss(name):
     assert analysis.mean.shape == (2, 4, 9, 16)
     assert torch.isfinite(analysis.mean).all()
     result = model.loss(batch)
-    assert model.trainable is False and not result.loss.requires_grad
+    assert model.info.trainable is False and not result.loss.requires_grad
     assert result.diagnostics["trainable"] == 0.0
     np.testing.assert_allclose(
         float(result.loss), float(torch.mean((analysis.mean - batch.target) ** 2)), rtol=1e-6
@@ -376,7 +458,10 @@ def test_threedvar_beats_background_on_embedded_test_split(embedded, tmp_path):
     from dambench.metrics import mse
 
     folder, stats = embedded
-    model = ThreeDVar.fit(open_dataset(folder, split="train"), stats)
+    model = create_model("threedvar", in_chans=4)
+    assert model.info.needs_fit
+    assert model.fit(open_dataset(folder, split="train"), stats) is model
+    assert model.channels == ["u10", "v10", "t2m", "msl"] and model.latitude.size == 121
     assert model.fit_info["split"] == "train" and model.fit_info["n_cycles"] == 11
     assert np.all(model.sigma_b.numpy() > 0) and np.all(model.length_scale_km.numpy() > 50)
     model = ThreeDVar.load(model.save(tmp_path / "threedvar.json"))  # as evaluate would

@@ -65,7 +65,7 @@ def area_mean(field: xr.DataArray, weight: xr.DataArray | None = None) -> float:
 
 
 def test_shape_orientation_units_and_attrs(cpc):
-    assert set(cpc.data_vars) == {"precip", "gauges"}
+    assert set(cpc.data_vars) == {"precip", "precip_gauges"}
     assert cpc.precip.dims == ("time", "latitude", "longitude")
     assert cpc.precip.shape == (1, 360, 720)
     assert cpc.precip.dtype == np.float32
@@ -81,7 +81,7 @@ def test_shape_orientation_units_and_attrs(cpc):
 
 
 def test_documented_counts_and_maximum(cpc):
-    gauges = cpc.gauges.values
+    gauges = cpc.precip_gauges.values
     assert float(np.nansum(gauges)) == N_GAUGES
     assert int((gauges > 0).sum()) == N_GAUGE_CELLS
     assert int(cpc.precip.notnull().sum()) == N_VALID_CELLS
@@ -93,7 +93,7 @@ def test_values_match_the_raw_records_flipped_and_scaled(cpc, binary_path):
     rain, gnum = raw_records(binary_path)
     expected = np.where(rain == -999.0, np.nan, rain * np.float32(0.1))[::-1]
     np.testing.assert_array_equal(cpc.precip.values[0], expected.astype(np.float32))
-    np.testing.assert_array_equal(cpc.gauges.values[0], gnum[::-1])
+    np.testing.assert_array_equal(cpc.precip_gauges.values[0], gnum[::-1])
     # orientation: the file's first row is the southernmost latitude
     np.testing.assert_array_equal(cpc.precip.sel(latitude=-89.75).values[0], expected[-1])
 
@@ -193,20 +193,20 @@ def test_on_grid_shape_and_gauge_total(on_grid, on_grid_all):
         assert ds.precip.shape == (1, *CANONICAL_GRID.shape)
         np.testing.assert_array_equal(ds.latitude.values, CANONICAL_GRID.latitude)
         assert ds.precip.attrs["units"] == "mm/day"
-        assert float(ds.gauges.sum()) == pytest.approx(N_GAUGES, rel=1e-9)
-        assert float(ds.gauges.min()) >= 0.0
+        assert float(ds.precip_gauges.sum()) == pytest.approx(N_GAUGES, rel=1e-9)
+        assert float(ds.precip_gauges.min()) >= 0.0
 
 
 def test_precip_is_nan_without_gauges_and_nonnegative_elsewhere(cpc, on_grid, on_grid_all):
     for ds in (on_grid, on_grid_all):
-        no_gauge = (ds.gauges == 0).values
+        no_gauge = (ds.precip_gauges == 0).values
         assert no_gauge.any()
         assert np.isnan(ds.precip.values[no_gauge]).all()
         finite = np.isfinite(ds.precip.values)
         assert finite.sum() > 500
         assert (ds.precip.values[finite] >= 0).all()
     # min_coverage=0: finite exactly where some gauge-covered, defined source cell overlaps
-    covered = (cpc.gauges > 0) & cpc.precip.notnull()
+    covered = (cpc.precip_gauges > 0) & cpc.precip.notnull()
     overlap = regrid(covered.astype(np.float64), method="sum")
     np.testing.assert_array_equal(np.isfinite(on_grid_all.precip.values), overlap.values > 0)
     # a higher min_coverage only removes cells, never changes values
@@ -216,7 +216,7 @@ def test_precip_is_nan_without_gauges_and_nonnegative_elsewhere(cpc, on_grid, on
 
 
 def test_area_weighted_mean_over_gauge_cells_is_preserved(cpc, on_grid_all):
-    covered = ((cpc.gauges > 0) & cpc.precip.notnull()).isel(time=0)
+    covered = ((cpc.precip_gauges > 0) & cpc.precip.notnull()).isel(time=0)
     source_mean = area_mean(cpc.precip.isel(time=0).where(covered))
     fraction = regrid(covered.astype(np.float64))  # covered fraction of each target cell
     target_mean = area_mean(on_grid_all.precip.isel(time=0), weight=fraction)
@@ -269,7 +269,7 @@ def test_psl_netcdf_gives_the_same_precip(tmp_path, cpc, units):
     np.testing.assert_array_equal(psl.time.values, cpc.time.values)
     np.testing.assert_array_equal(psl.precip.values, cpc.precip.values)
     grid = cpc_on_grid(psl)
-    assert "gauges" not in grid and grid.precip.shape == (1, 121, 240)
+    assert "precip_gauges" not in grid and grid.precip.shape == (1, 121, 240)
     assert np.nanmin(grid.precip.values) >= 0 and np.isnan(grid.precip.values).any()
 
 

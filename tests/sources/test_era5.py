@@ -175,7 +175,7 @@ def test_wrong_units_and_not_era5(tmp_path):
         open_era5(tmp_path / "celsius.nc")
     other = bad.rename(t2m="sst")
     other.to_netcdf(tmp_path / "sst.nc", engine="h5netcdf")
-    with pytest.raises(DambenchSchemaError, match="no ERA5 schema variables"):
+    with pytest.raises(DambenchSchemaError, match="no schema variables"):
         open_era5(tmp_path / "sst.nc")
     flipped = bad.assign_coords(latitude=[10.0, -10.0, 0.0])
     flipped["t2m"].attrs["units"] = "K"

@@ -1,0 +1,441 @@
+"""A score-based prior and its guided sampler, shared by SDA and SLAMS.
+
+Written from the description of Rozet & Louppe (2023), "Score-based Data Assimilation",
+NeurIPS, https://arxiv.org/abs/2306.10574 (``shared/reference/baselines.md`` sections 6.2-6.4);
+no code was copied.
+
+Diffusion (VP-SDE, cosine schedule)
+    ``x_t = mu(t) x_0 + sigma(t) eps`` with ``eps ~ N(0, I)``, ``t`` in [0, 1],
+    ``mu(t) = cos(arccos(sqrt(eta)) t)**2`` and ``sigma(t) = sqrt(1 - mu(t)**2 + eta**2)``
+    (:class:`VPSchedule`, ``eta = 1e-3``). A network ``eps_phi(x_t, t)`` is trained with the
+    denoising loss ``E_{t ~ U(0, 1), eps} ||eps_phi(x_t, t) - eps||**2`` (:func:`denoising_loss`,
+    the mean over all elements); the prior's score is ``-eps_phi / sigma``.
+
+Gaussian guidance (:func:`guided_eps`)
+    With the denoised estimate ``x0_hat = (x_t - sigma eps_phi) / mu`` and Gaussian observations
+    ``y ~ N(A(x_0), sigma_y**2)`` (:class:`GaussianObservation`, any number of terms),
+    ``log p(y | x_t) ~ -1/2 sum (y - A(x0_hat))**2 / (sigma_y**2 + gamma (sigma / mu)**2)``; the
+    ``gamma (sigma / mu)**2`` term stands for ``Cov[x_0 | x_t]``. The guided ``eps`` is
+    ``eps_phi - sigma grad_{x_t} log p(y | x_t)`` (gradients flow through the network).
+
+Sampler (:func:`sample`, predictor-corrector)
+    ``x ~ N(0, I)`` at ``t = 1``; for ``steps`` equal steps down to ``t = 0``:
+
+    - predictor (exponential integrator): ``r = mu(t') / mu(t)``,
+      ``x <- r x + (sigma(t') - r sigma(t)) eps(x, t)``;
+    - ``corrections`` Langevin correctors at ``t'``: ``delta = tau / mean(eps**2)`` (the mean
+      over each sample's elements), ``x <- x - sigma(t') (delta eps + sqrt(2 delta) z)``.
+
+    Each step costs ``1 + corrections`` network evaluations, each with a backward pass when there
+    are observations (:meth:`SamplerSettings.network_evaluations`). Paper defaults: 256 steps,
+    1 corrector, ``tau = 0.5``, ``gamma = 1e-2``.
+
+Members and seeds
+    Ensemble member ``k`` of a sampling run with seed ``S`` draws all its noise from its own
+    ``torch.Generator`` seeded from ``(S, k)`` (:func:`member_generator`), so a member does not
+    depend on how many members are sampled at once.
+
+Deliberate deviations
+    - No exponential moving average here: the training loop keeps one (``train.ema_decay``).
+    - The trajectory (Markov-blanket) score of SDA is not implemented: window 1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from dambench import schema
+from dambench.exceptions import DambenchError, DambenchInputError
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``eps_fn(x_t, t)``: the noise predicted for ``x_t`` (N, ...) at time ``t`` (() or (N,))."""
+Operator = Callable[[torch.Tensor], torch.Tensor]
+
+DEFAULT_ETA = 1e-3
+DIVERGENCE_LIMIT = 1e3
+"""Largest magnitude a sample may reach (normalised units) before the run counts as diverged."""
+
+
+class SamplerDivergedError(DambenchError, RuntimeError):
+    """Guided sampling blew up (non-finite or huge values): too few steps for the guidance."""
+
+
+@dataclass(frozen=True)
+class VPSchedule:
+    """The variance-preserving cosine schedule ``mu(t)``, ``sigma(t)`` for ``t`` in [0, 1].
+
+    Parameters
+    ----------
+    eta
+        ``mu(1) = eta`` and ``sigma(0) = eta``: the smallest signal and noise scales.
+    """
+
+    eta: float = DEFAULT_ETA
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eta < 1.0:
+            raise DambenchInputError(f"VPSchedule needs 0 < eta < 1; got eta={self.eta}.")
+
+    def mu(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Signal scale ``cos(arccos(sqrt(eta)) t)**2`` (same shape as ``t``)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.cos(math.acos(math.sqrt(self.eta)) * t) ** 2
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Noise scale ``sqrt(1 - mu(t)**2 + eta**2)`` (same shape as ``t``)."""
+        return torch.sqrt(1.0 - self.mu(t) ** 2 + self.eta**2)
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N, 1, ..., 1) in ``like``'s dtype and device, to broadcast over one sample."""
+    return values.to(like).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def standard_normal_eps(x_t: torch.Tensor, t: torch.Tensor, schedule: VPSchedule) -> torch.Tensor:
+    """The exact noise of the standard-normal prior ``x_0 ~ N(0, I)``:
+    ``sigma(t) x_t / (mu(t)**2 + sigma(t)**2)`` (``x_t ~ N(0, (mu**2 + sigma**2) I)``).
+
+    SDA and SLAMS predict a residual on it (a skip connection): an untrained network with a
+    zero-initialised last layer is then exactly this prior.
+    """
+    t = torch.as_tensor(t).expand(x_t.shape[0])
+    mu, sigma = schedule.mu(t), schedule.sigma(t)
+    return _per_sample(sigma / (mu.square() + sigma.square()), x_t) * x_t
+
+
+def denoising_loss(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    schedule: VPSchedule,
+    *,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The denoising score-matching loss of ``eps_fn`` on clean samples ``x`` (N, ...).
+
+    ``mean((eps_fn(mu x + sigma eps, t) - eps)**2)`` over every element, with ``t`` (N,) drawn
+    uniformly in [0, 1) and ``eps`` standard normal (from torch's global generator) unless given.
+    """
+    if t is None:
+        t = torch.rand(x.shape[0], device=x.device)
+    if noise is None:
+        noise = torch.randn_like(x)
+    mu = _per_sample(schedule.mu(t), x)
+    sigma = _per_sample(schedule.sigma(t), x)
+    predicted = eps_fn(mu * x + sigma * noise, t.to(x))
+    return (predicted.float() - noise.float()).square().mean()
+
+
+def fixed_denoising_loss(
+    eps_fn: EpsFn, x: torch.Tensor, schedule: VPSchedule, *, times: int = 8, seed: int = 0
+) -> torch.Tensor:
+    """A low-variance, deterministic estimate of :func:`denoising_loss` for validation.
+
+    Every sample is noised at the ``times`` stratified times ``(k + 1/2) / times`` with noise
+    from a generator seeded by ``seed`` (on ``x``'s device), so that the same weights and data
+    always give the same value and epochs can be compared.
+    """
+    if times < 1:
+        raise DambenchInputError(f"times must be >= 1; got {times=}.")
+    n = x.shape[0]
+    t = ((torch.arange(times, device=x.device) + 0.5) / times).repeat_interleave(n)  # (K N,)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    stacked = x.repeat(times, *([1] * (x.ndim - 1)))  # (K N, ...)
+    noise = torch.randn(stacked.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return denoising_loss(eps_fn, stacked, schedule, t=t, noise=noise)
+
+
+def denoised(
+    x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: VPSchedule
+) -> torch.Tensor:
+    """The estimate ``x0_hat = (x_t - sigma(t) eps) / mu(t)``; ``t`` is () or (N,)."""
+    t = torch.as_tensor(t).expand(x_t.shape[0])
+    return (x_t - _per_sample(schedule.sigma(t), x_t) * eps) / _per_sample(schedule.mu(t), x_t)
+
+
+@dataclass(frozen=True)
+class GaussianObservation:
+    """One Gaussian likelihood term ``y ~ N(A(x_0), std**2)`` at the points where ``mask`` is 1.
+
+    Attributes
+    ----------
+    value
+        ``y``, shaped like ``A(x_0)`` (N, ...); any value where ``mask`` is 0.
+    std
+        Observation-error std, broadcastable to ``value`` (e.g. (1, C, 1, 1) per channel), > 0.
+    mask
+        1 where observed, 0 elsewhere (broadcastable to ``value``); ``None``: everywhere.
+    operator
+        ``A``, differentiable, from the sampled space to ``value``'s; ``None``: the identity.
+    """
+
+    value: torch.Tensor
+    std: torch.Tensor | float
+    mask: torch.Tensor | None = None
+    operator: Operator | None = None
+
+    def log_likelihood(self, x0: torch.Tensor, extra_variance: torch.Tensor) -> torch.Tensor:
+        """``-1/2 sum mask (y - A(x0))**2 / (std**2 + extra_variance)``, a scalar (the sum
+        over every sample; samples do not interact, so its gradient is per sample)."""
+        predicted = x0 if self.operator is None else self.operator(x0)
+        residual = self.value - predicted
+        dtype = torch.promote_types(residual.dtype, torch.float32)  # at least float32
+        residual = residual.to(dtype)
+        if self.mask is not None:
+            residual = residual * self.mask
+        std = torch.as_tensor(self.std, device=residual.device, dtype=dtype)
+        variance = std.square() + _per_sample(extra_variance, residual)
+        return -0.5 * (residual.square() / variance).sum()
+
+    def repeat(self, times: int) -> GaussianObservation:
+        """The same term for ``times`` stacked copies of the batch (member-major)."""
+
+        def tile(tensor):
+            if not torch.is_tensor(tensor) or tensor.ndim == 0 or tensor.shape[0] == 1:
+                return tensor
+            return tensor.repeat(times, *([1] * (tensor.ndim - 1)))
+
+        return GaussianObservation(tile(self.value), tile(self.std), tile(self.mask), self.operator)
+
+
+def guided_eps(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    schedule: VPSchedule,
+    observations: Sequence[GaussianObservation] = (),
+    gamma: float = 1e-2,
+) -> torch.Tensor:
+    """``eps_fn(x, t) - sigma(t) grad_x log p(y | x)`` under Gaussian guidance, detached.
+
+    ``t`` is a scalar tensor (one time for the whole batch ``x`` (N, ...)). Without
+    ``observations`` this is ``eps_fn(x, t)`` without gradients.
+    """
+    if not observations:
+        with torch.no_grad():
+            return eps_fn(x, t)
+    sigma = schedule.sigma(t)
+    extra = gamma * (sigma / schedule.mu(t)) ** 2
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        eps = eps_fn(x, t)
+        x0 = denoised(x, eps, t, schedule)
+        extra_n = extra.expand(x.shape[0])
+        log_p = sum(term.log_likelihood(x0, extra_n) for term in observations)
+        (score,) = torch.autograd.grad(log_p, x)
+    return (eps - sigma.to(eps) * score).detach()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSettings:
+    """Settings of the predictor-corrector sampler (paper defaults).
+
+    Attributes
+    ----------
+    steps
+        Predictor steps from ``t = 1`` to ``t = 0``.
+    corrections
+        Langevin corrector steps after each predictor step.
+    tau
+        Corrector step size (a signal-to-noise ratio).
+    gamma
+        Weight of ``(sigma / mu)**2`` in the guidance variance.
+    """
+
+    steps: int = 256
+    corrections: int = 1
+    tau: float = 0.5
+    gamma: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.corrections < 0 or not self.tau > 0 or self.gamma < 0:
+            raise DambenchInputError(
+                "Sampler settings need steps >= 1, corrections >= 0, tau > 0, gamma >= 0; got "
+                f"steps={self.steps}, corrections={self.corrections}, tau={self.tau}, "
+                f"gamma={self.gamma}."
+            )
+
+    def network_evaluations(self) -> int:
+        """Network evaluations per sample: ``steps * (1 + corrections)``."""
+        return self.steps * (1 + self.corrections)
+
+
+def member_generator(seed: int, member: int, device: torch.device | str = "cpu"):
+    """The ``torch.Generator`` of ensemble member ``member`` of a run with seed ``seed``.
+
+    Seeded with a 63-bit integer derived from ``(seed, member)`` by numpy's ``SeedSequence``,
+    stable across runs and machines (CPU and CUDA generators give different streams).
+    """
+    if seed < 0 or member < 0:
+        raise DambenchInputError(f"seed and member must be >= 0; got {seed=}, {member=}.")
+    state = np.random.SeedSequence([0x5DA, int(seed), int(member)]).generate_state(2, np.uint32)
+    generator = torch.Generator(device=device)
+    generator.manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return generator
+
+
+def _noise(shape, generators, like: torch.Tensor | None = None, *, device=None, dtype=None):
+    """Standard normal (len(generators) * shape[0], ...), block k from ``generators[k]``."""
+    if like is not None:
+        device, dtype = like.device, like.dtype
+    return torch.cat(
+        [torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generators]
+    )
+
+
+def sample(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    generators: Sequence[torch.Generator],
+    schedule: VPSchedule,
+    settings: SamplerSettings,
+    observations: Sequence[GaussianObservation] = (),
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw one sample per generator with the predictor-corrector sampler (module docstring).
+
+    Parameters
+    ----------
+    eps_fn
+        The noise predictor (in eval mode; samples must not interact).
+    shape
+        (N, ...) of one member's block (e.g. (B, C, H, W)).
+    generators
+        One generator per member (:func:`member_generator`), on ``device``.
+    schedule, settings
+        Diffusion schedule and sampler settings.
+    observations
+        Likelihood terms for the stacked blocks (``len(generators) * N`` rows, member-major);
+        none: unconditional samples from the prior.
+
+    Returns
+    -------
+    (len(generators) * N, ...) samples at ``t = 0``, member-major.
+    """
+    shape = tuple(shape)
+    x = _noise(shape, generators, device=device, dtype=dtype)
+    times = torch.linspace(1.0, 0.0, settings.steps + 1, dtype=torch.float64)
+    dims = tuple(range(1, x.ndim))
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        eps = guided_eps(eps_fn, x, t, schedule, observations, settings.gamma)
+        ratio = schedule.mu(t_next) / schedule.mu(t)
+        sigma_next = schedule.sigma(t_next)
+        x = ratio.to(x) * x + (sigma_next - ratio * schedule.sigma(t)).to(x) * eps
+        for _ in range(settings.corrections):
+            z = _noise(shape, generators, x)
+            eps = guided_eps(eps_fn, x, t_next, schedule, observations, settings.gamma)
+            delta = settings.tau / eps.square().mean(dim=dims, keepdim=True)
+            x = x - sigma_next.to(x) * (delta * eps + torch.sqrt(2.0 * delta) * z)
+    return x
+
+
+def check_samples(samples: torch.Tensor, settings: SamplerSettings, context: str) -> None:
+    """Raise :class:`SamplerDivergedError` when ``samples`` hold non-finite values or values
+    beyond :data:`DIVERGENCE_LIMIT` (normalised units: no state is thousands of stds away)."""
+    finite = bool(torch.isfinite(samples).all())
+    largest = float(samples.abs().max()) if finite else math.inf
+    if largest > DIVERGENCE_LIMIT:
+        raise SamplerDivergedError(
+            f"{context}: guided sampling diverged (largest |value| {largest:.3g} > "
+            f"{DIVERGENCE_LIMIT:g} normalised units) with steps={settings.steps}, "
+            f"gamma={settings.gamma}. Use more steps, a larger gamma or a larger observation-std "
+            "floor (the guidance is stiff when sigma_y**2 + gamma (sigma/mu)**2 is small)."
+        )
+
+
+def sample_members(
+    draw: Callable[[list[torch.Generator]], torch.Tensor],
+    members: int,
+    member_batch: int,
+    seed: int,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Ensemble members (B, N, ...) sampled ``member_batch`` members at a time.
+
+    ``draw(generators)`` returns ``len(generators) * B`` samples, member-major (as
+    :func:`sample`); member ``k`` uses :func:`member_generator` ``(seed, k)``.
+    """
+    if members < 1 or member_batch < 1:
+        raise DambenchInputError(
+            f"Need members >= 1 and member_batch >= 1; got {members=}, {member_batch=}."
+        )
+    chunks = []
+    for start in range(0, members, member_batch):
+        ids = range(start, min(start + member_batch, members))
+        stacked = draw([member_generator(seed, k, device) for k in ids])  # (n B, ...)
+        chunks.append(stacked.reshape(len(ids), -1, *stacked.shape[1:]))  # (n, B, ...)
+    return torch.cat(chunks).transpose(0, 1)  # (B, N, ...)
+
+
+# --- error statistics measured on the train split ------------------------------------------------
+
+
+def check_train_split(dataset: xr.Dataset, model: str) -> None:
+    """Refuse a dataset whose cycles are not all in the train split (fit must not see others)."""
+    if "split" in dataset.coords:
+        splits = sorted({str(s) for s in np.asarray(dataset["split"].values).ravel()})
+        if splits != ["train"]:
+            raise DambenchInputError(
+                f"{model}.fit estimates its statistics on the train split only; the dataset has "
+                f"cycles of splits {splits}. Open it with open_dataset(..., split='train')."
+            )
+
+
+def _channel_std(dataset: xr.Dataset, stats: xr.Dataset) -> np.ndarray:
+    channels = [str(c) for c in dataset[schema.CHANNEL].values]
+    missing = sorted(set(channels) - {str(c) for c in stats[schema.CHANNEL].values})
+    if missing:
+        raise DambenchInputError(f"stats lack channels {missing}; pass the dataset's statistics.")
+    return stats["std"].sel({schema.CHANNEL: channels}).values.astype(np.float64)
+
+
+def background_error_std(dataset: xr.Dataset, stats: xr.Dataset) -> np.ndarray:
+    """Per-channel RMS of the normalised background error ``(x_b - x*) / std``, (C,).
+
+    The plain mean over every cycle and grid point (each grid point is one pixel of the
+    Gaussian pseudo-observation, so no area weights); lazy inputs are reduced chunk by chunk.
+    """
+    std = xr.DataArray(_channel_std(dataset, stats), dims=schema.CHANNEL)
+    error = (dataset["background"] - dataset["target"]) / std.values[:, None, None]
+    msd = (error.astype(np.float64) ** 2).mean(dim=(schema.TIME, *schema.SPATIAL_DIMS))
+    values = np.sqrt(np.asarray(msd.transpose(schema.CHANNEL).values, dtype=np.float64))
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise DambenchInputError(
+            f"Background-error std must be finite and > 0 per channel; got {values.tolist()} "
+            "(NaN in background/target, or a background equal to the target)."
+        )
+    return values
+
+
+def observation_error_std(dataset: xr.Dataset, stats: xr.Dataset, floor: float) -> np.ndarray:
+    """Per-channel observation-error std in normalised units, ``max(sigma_o / std, floor)``.
+
+    ``sigma_o`` is the noise recorded in ``dataset.attrs["observation"]`` (a JSON object with a
+    ``noise`` entry, as :func:`dambench.observe.observe` takes it; ``"default"`` when absent:
+    :data:`dambench.schema.OBSERVATION_ERROR_STD`).
+    """
+    from dambench.observe import noise_std
+
+    recorded = dataset.attrs.get("observation") or "{}"
+    try:
+        settings = json.loads(recorded) if isinstance(recorded, str) else dict(recorded)
+    except (TypeError, ValueError) as err:
+        raise DambenchInputError(
+            f"attrs['observation'] is not a JSON object: {recorded!r}"
+        ) from err
+    channels = [str(c) for c in dataset[schema.CHANNEL].values]
+    names = xr.DataArray(
+        np.zeros(len(channels)), dims=schema.CHANNEL, coords={schema.CHANNEL: channels}
+    )
+    table = noise_std(names, settings.get("noise", "default"))
+    sigma = np.array([table[c] for c in channels], dtype=np.float64)
+    return np.maximum(sigma / _channel_std(dataset, stats), floor)

@@ -1,0 +1,113 @@
+"""The ``dambench evaluate`` command: score your own model's analyses on a DAMBench split."""
+
+from __future__ import annotations
+
+import argparse
+
+from dambench import schema
+
+DESCRIPTION = (
+    "Score predictions (a Zarr store or netCDF file per seed, local or any fsspec URL) on a "
+    "split of a DAMBench dataset: the paper's Table 3 with 95 %% block-bootstrap intervals "
+    "(and, for ensembles, fair CRPS and spread/skill), written as table3.md, a tidy "
+    "scores.parquet, summary.json and figures. Predictions may be stacked (a 'channel' dim) or "
+    "per-variable (u10, t2m, ..., z/q/u/v/t on a 'level' dim in hPa), in any latitude order and "
+    "longitude convention; their times must be exactly the split's cycles."
+)
+
+
+def add_parser(subparsers, parents=()) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the ``dambench`` command's subparsers (``parents``: shared
+    options such as ``--debug``)."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        parents=list(parents),
+        help="score your predictions on a split (Table 3)",
+        description=DESCRIPTION,
+    )
+    parser.add_argument(
+        "--predictions",
+        nargs="+",
+        required=True,
+        metavar="PATH_OR_URL",
+        help="one prediction store or file per seed",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="era5-sample",
+        help="era5-sample, a published name, a build folder or a URL",
+    )
+    parser.add_argument("--split", default="test", choices=list(schema.SPLITS))
+    parser.add_argument("--revision", help="Hub branch, tag or commit of a published dataset")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--name", help="row name (default: the store's 'model' attr or file name)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seed label of each prediction")
+    parser.add_argument(
+        "--members-dim",
+        help="ensemble member dim (found when named member, ensemble, number or realization)",
+    )
+    parser.add_argument("--variable", help="the stacked variable when there are several")
+    parser.add_argument(
+        "--region",
+        nargs="+",
+        default=["global"],
+        help="regions: global, tropics, extratropics_north, extratropics_south, "
+        "arctic, antarctic or box:lat_min,lat_max,lon_min,lon_max",
+    )
+    parser.add_argument("--by", choices=["month", "season"], help="also score per period")
+    parser.add_argument(
+        "--skipna",
+        action="store_true",
+        help="score the finite points only (default: a NaN is an error)",
+    )
+    parser.add_argument(
+        "--no-background",
+        action="store_true",
+        help="do not score the dataset's background alongside",
+    )
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--channel", default="t2m", help="channel shown in the figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dambench evaluate`` and print the tables."""
+    from dambench.scoring.api import evaluate_predictions
+
+    report = evaluate_predictions(
+        args.predictions,
+        args.dataset,
+        split=args.split,
+        revision=args.revision,
+        out=args.out,
+        name=args.name,
+        seeds=args.seeds,
+        members_dim=args.members_dim,
+        variable=args.variable,
+        regions=args.region,
+        by=args.by,
+        skipna=args.skipna,
+        reference=not args.no_background,
+        n_resamples=args.bootstrap,
+        figure_channel=args.channel,
+        verbose=not args.quiet,
+    )
+    summary = report.summary
+    print(
+        f"{summary['model']} on {summary['dataset']['name']} ({summary['split']}, "
+        f"{summary['n_cycles']} cycles, channels {', '.join(summary['channels'])}); "
+        "mean [95 % block-bootstrap interval]:"
+    )
+    print(report.table3)
+    if report.ensemble_table:
+        print("\nEnsemble (fair CRPS, spread/skill):")
+        print(report.ensemble_table)
+    for comparison in summary["comparisons"]:
+        print(
+            f"\n{comparison['verdict']} (difference {comparison['difference']:.4g}, paired 95 % "
+            f"interval [{comparison['ci_low']:.4g}, {comparison['ci_high']:.4g}])"
+        )
+    print(f"\nWrote {args.out}/table3.md, scores.parquet, summary.json and figures.")
+    return 0

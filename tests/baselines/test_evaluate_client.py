@@ -1,0 +1,125 @@
+"""baselines/evaluate.py as a client of the package scorer: models streamed to prediction
+stores, scored by ``dambench.evaluate_predictions``; dispatch on ModelInfo; ensembles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+import yaml
+
+from baselines import evaluate, train
+from baselines.config import load_run_config
+from baselines.interface import Analysis, BaselineModule
+from dambench.exceptions import DambenchInputError
+from dambench.load import ensure_embedded, open_dataset, stats_from_attrs
+from dambench.metrics import mse, rmse
+from dambench.normalize import normalize
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return ensure_embedded()
+
+
+def _run(folder, out, *extra):
+    argv = ["run", *extra, "--dataset", str(folder), "--out", str(out), "--bootstrap", "200"]
+    evaluate.main(argv)
+    return json.loads((out / "results.json").read_text())
+
+
+def test_reference_models_equal_the_metrics_module_and_3dvar_beats_background(folder, tmp_path):
+    background = _run(folder, tmp_path / "bg", "--model", "background")
+    ds = open_dataset(folder, split="test").load()
+    stats = stats_from_attrs(ds)
+    norm_bg, norm_target = normalize(ds["background"], stats), normalize(ds["target"], stats)
+    expected = 100 * float(mse(norm_bg, norm_target, dims=("channel", "latitude", "longitude")))
+    row = background["table3"]["background"]
+    assert row["MSE(1e-2)"]["value"] == pytest.approx(expected, rel=1e-6)
+    assert row["RMSE t2m"]["value"] == pytest.approx(
+        float(rmse(ds["background"], ds["target"]).sel(channel="t2m")), rel=1e-6
+    )
+    assert row["MSE(1e-2)"]["ci"][0] <= row["MSE(1e-2)"]["value"] <= row["MSE(1e-2)"]["ci"][1]
+    for name in ("results.json", "table3.md", "scores.parquet", "summary.json", "maps.png"):
+        assert (tmp_path / "bg" / name).exists(), name
+    threedvar = _run(folder, tmp_path / "3dvar", "--model", "threedvar")
+    assert threedvar["table3"]["threedvar"]["MSE(1e-2)"]["value"] < expected
+    board = evaluate.leaderboard([str(tmp_path / m / "results.json") for m in ("bg", "3dvar")])
+    assert "background is higher than threedvar on MSE(1e-2)" in board
+    assert board.count("| Background |") == 1
+
+
+def test_trainable_model_and_members_of_a_deterministic_model_are_refused(folder, tmp_path):
+    with pytest.raises(DambenchInputError, match="is trainable: evaluate a checkpoint"):
+        _run(folder, tmp_path / "a", "--model", "convcnp_small")
+    with pytest.raises(DambenchInputError, match="no members to draw"):
+        _run(folder, tmp_path / "b", "--model", "background", "--members", "4")
+
+
+class _GradProbe(BaselineModule):
+    """Records the grad mode its analysis step runs in."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes = []
+
+    def analyse(self, batch, *, members=None, seed=0):
+        self.modes.append(torch.is_grad_enabled())
+        return Analysis(mean=batch.background)
+
+
+def test_predictions_are_streamed_without_taking_the_models_grad_mode(folder, tmp_path):
+    ds = open_dataset(folder, split="test")
+    probe = _GradProbe()
+    evaluate.predict_to_store(
+        probe,
+        ds,
+        stats_from_attrs(ds),
+        tmp_path / "p.zarr",
+        members=None,
+        sample_seed=0,
+        batch_size=2,
+        attrs={},
+    )
+    assert probe.modes and all(probe.modes)  # evaluate never wraps analyse in no_grad
+    stored = xr.open_zarr(tmp_path / "p.zarr", consolidated=True)["analysis"]
+    assert stored.encoding["chunks"][0] == 1  # one chunk per cycle: written cycle by cycle
+    np.testing.assert_allclose(stored.values, ds["background"].values, rtol=1e-6, atol=1e-5)
+
+
+def _fair_crps(members: np.ndarray, truth: np.ndarray) -> float:
+    n = members.shape[0]
+    skill = np.abs(members - truth).mean(axis=0)
+    pairs = np.abs(members[:, None] - members[None, :]).sum(axis=(0, 1)) / (2 * n * (n - 1))
+    return float((skill - pairs).mean())
+
+
+def test_gaussian_model_sampled_as_an_ensemble_stand_in(folder, tmp_path):
+    config = {
+        "task": {"dataset": str(folder), "batch_size": 1},
+        "model": {"name": "convcnp_tiny", "kwargs": {}},
+        "train": {"epochs": 1, "max_steps_per_epoch": 2, "amp": False, "out": str(tmp_path / "r")},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    train.run(load_run_config(tmp_path / "c.yaml"), verbose=False)
+    checkpoint = tmp_path / "r" / "checkpoints" / "best.pt"
+    results = _run(folder, tmp_path / "ens", "--checkpoint", str(checkpoint), "--members", "3")
+    store = xr.open_zarr(tmp_path / "ens" / "predictions" / "seed0.zarr", consolidated=True)[
+        "analysis"
+    ]
+    assert store.sizes["member"] == 3
+    ds = open_dataset(folder, split="test").load()
+    members = store.values.astype(np.float64)  # (time, member, channel, lat, lon)
+    truth = ds["target"].values.astype(np.float64)
+    c = list(ds.channel.values).index("u10")
+    expected = np.mean([_fair_crps(members[t, :, c], truth[t, c]) for t in range(len(truth))])
+    scores = pd.read_parquet(tmp_path / "ens" / "scores.parquet")
+    row = scores[(scores.model == "r") & (scores.channel == "u10") & (scores.metric == "crps")]
+    row = row[(row.region == "global") & (row.period == "all")]
+    assert row["value"].item() == pytest.approx(expected, rel=1e-6)
+    assert "Spread/skill" in (tmp_path / "ens" / "ensemble.md").read_text()
+    assert results["members"] == 3 and results["analysis_seconds_per_cycle"] > 0
