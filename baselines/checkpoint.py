@@ -15,14 +15,26 @@ tensors (readable with ``weights_only=True``):
     The resolved :class:`~baselines.config.RunConfig` and the registered
     :class:`~baselines.interface.ModelInfo`, as dicts.
 ``dataset``
-    ``name``, ``digest`` (:func:`dataset_digest`) and ``channels`` (names, in order).
+    The scorer's identity of the dataset (:func:`dataset_record`): ``name``, ``digest`` and
+    ``digest_kind`` (``"manifest"``: the sha256 of the build's ``manifest.json``, as
+    ``dambench evaluate`` records it; ``"metadata"`` for a store without one), and ``channels``
+    (names, in order). Checkpoints written before the scorer's identity was used hold no
+    ``digest_kind`` and a :func:`dataset_digest` (``"legacy-metadata"``).
 ``normalization``
     The train-split ``mean`` and ``std`` per channel the model was trained with.
 ``versions``
     dambench, torch and the checkpoint format.
+``modalities``
+    (models with ``uses_modalities``) ``names`` of the modalities the model was given, in
+    ``batch.modalities`` order, and each one's ``sources`` as the dataset records them.
+``init_from``
+    (runs started from another checkpoint, ``model.init_from``) its path, model, epoch and
+    dataset digest (and its kind).
 
 :func:`model_from_checkpoint` rebuilds a model and refuses data whose channels differ from the
-checkpoint's; :func:`checkpoint_metadata` gives the provenance for results files.
+checkpoint's; :func:`checkpoint_metadata` gives the provenance for results files;
+:func:`initialise_from` loads a checkpoint's weights into a new run's model (the same model, or
+the host of a composed ``multi_*`` model).
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import torch
 import xarray as xr
 
 from dambench import schema
-from dambench.exceptions import DambenchError
+from dambench.exceptions import DambenchError, DambenchInputError
 
 FORMAT_VERSION = 1
 _REQUIRED = ("model", "config", "model_name", "dataset", "normalization")
@@ -58,17 +70,72 @@ class ResumeMismatchError(CheckpointError):
     """Resuming a run whose config or dataset differs from the one that wrote the checkpoint."""
 
 
+LEGACY_DIGEST_KIND = "legacy-metadata"
+"""``digest_kind`` of a checkpoint written before checkpoints recorded the scorer's identity:
+its ``digest`` is a :func:`dataset_digest`, not comparable with a results file's."""
+_IDENTITY_KEYS = ("name", "digest", "digest_kind", "channels")
+
+
 # --- provenance --------------------------------------------------------------------------------
 
 
-def dataset_digest(ds: xr.Dataset) -> str:
-    """sha256 of a dataset's identity: its attributes, channels, times, splits and grid.
+def dataset_record(name_or_path: str | os.PathLike, channels: Sequence[str]) -> dict[str, Any]:
+    """The checkpoint's ``dataset`` entry: the scorer's identity of ``name_or_path`` (all
+    splits; :func:`dambench.scoring.identity.dataset_identity`) and the
+    ``channels`` the model is trained on, in order.
 
-    A digest of the metadata, not of the array bytes: two builds with the same recipe, cycles,
-    grid and recorded train statistics (``attrs["normalization"]``) share it; a different
-    channel set, time range, split assignment, observation setting or build differs. Cheap on a
-    lazily opened store (no data is read). Compute it on the whole dataset (all splits) to
-    compare runs.
+    Returns
+    -------
+    dict
+        ``name`` (the build's dataset name), ``digest``, ``digest_kind`` (``"manifest"`` or
+        ``"metadata"``) and ``channels``: for a build folder the digest equals the
+        ``dataset_digest`` that ``dambench evaluate`` writes to results files.
+    """
+    from dambench.scoring.identity import dataset_identity
+
+    identity = dataset_identity(name_or_path)
+    return {
+        "name": identity.name,
+        "digest": identity.digest,
+        "digest_kind": identity.kind,
+        "channels": [str(c) for c in channels],
+    }
+
+
+def check_same_dataset(
+    path: str | os.PathLike, stored: Mapping[str, Any], current: Mapping[str, Any], ds: xr.Dataset
+) -> None:
+    """Refuse to resume checkpoint ``path`` (``stored``, its ``dataset`` entry) on another
+    dataset than the run's (``current``, a :func:`dataset_record` of ``ds``, all splits).
+
+    A checkpoint from before :func:`dataset_record` (no ``digest_kind``) is compared by its
+    :func:`dataset_digest`, recomputed on ``ds``, and its channels.
+
+    Raises
+    ------
+    ResumeMismatchError
+        Naming both datasets.
+    """
+    if "digest_kind" in stored:
+        same = all(stored.get(k) == current.get(k) for k in _IDENTITY_KEYS)
+    else:
+        same = stored.get("digest") == dataset_digest(ds) and list(stored["channels"]) == list(
+            current["channels"]
+        )
+    if not same:
+        raise ResumeMismatchError(
+            f"{path} was trained on dataset {dict(stored)}; this run has {dict(current)}. "
+            "Choose another train.out to start a new run."
+        )
+
+
+def dataset_digest(ds: xr.Dataset) -> str:
+    """The legacy checkpoint digest (``digest_kind`` :data:`LEGACY_DIGEST_KIND`): sha256 of a
+    dataset's attributes, channels, times, splits and grid.
+
+    Checkpoints now record :func:`dataset_record` (the scorer's digest); this one is kept to
+    check a resume from a checkpoint written before. Cheap on a lazily opened store (no data is
+    read); computed on the whole dataset (all splits).
     """
     identity = {
         "attrs": {str(k): str(v) for k, v in sorted(ds.attrs.items())},
@@ -79,6 +146,19 @@ def dataset_digest(ds: xr.Dataset) -> str:
             identity[name] = [str(v) for v in np.asarray(ds[name].values).ravel()]
     text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def modality_record(names: Sequence[str], ds: xr.Dataset) -> dict[str, Any]:
+    """What a multi-modal model is given: the modality ``names`` (in ``batch.modalities`` order)
+    and each one's source as the dataset records it (``ds.attrs["modalities"]``, by name or by
+    schema group), else the schema's."""
+    recorded = ds.attrs.get("modalities") or "{}"
+    by_key = json.loads(recorded) if isinstance(recorded, str) else dict(recorded)
+    sources = {}
+    for name in names:
+        info = schema.MODALITIES[str(name)]
+        sources[str(name)] = str(by_key.get(name, by_key.get(info.group, info.source)))
+    return {"names": [str(n) for n in names], "sources": sources}
 
 
 def normalization_record(stats: xr.Dataset, channels: Sequence[str]) -> dict[str, list]:
@@ -191,6 +271,70 @@ def check_channels(path: str | os.PathLike, stored: Sequence[str], given: Sequen
         )
 
 
+def takes_modality_chans(name: str) -> bool:
+    """Whether model ``name`` uses modalities (``ModelInfo.uses_modalities``) and its registered
+    variant takes a ``modality_chans`` count (e.g. SLAMS)."""
+    from baselines.registry import model_info, variant_defaults
+
+    try:
+        defaults = variant_defaults(name)
+    except DambenchInputError:  # not a registered variant: no defaults to read the kwarg from
+        return False
+    return "modality_chans" in defaults and model_info(name).uses_modalities
+
+
+def _modality_count(name: str, out: Mapping[str, Any], modalities: Sequence[str]) -> int:
+    given = out.get("modality_chans")  # None means unset, as in create_model
+    if given is not None and given != len(modalities):
+        raise DambenchInputError(
+            f"model.kwargs.modality_chans={given} for {name!r}, but the data gives "
+            f"{len(modalities)} modalities {list(modalities)}; leave model.kwargs.modality_chans "
+            "out (it is filled from the loader), or set task.modalities to "
+            f"{given} of them."
+        )
+    return len(modalities)
+
+
+def model_kwargs(
+    name: str,
+    kwargs: Mapping[str, Any],
+    *,
+    channels: Sequence[str],
+    modalities: Sequence[str] | None,
+) -> dict[str, Any]:
+    """``create_model(name, ...)`` kwargs for data with ``channels``: ``in_chans``, the config's
+    ``kwargs`` and the modalities the model is given (the loader's names in
+    ``batch.modalities`` order): their names for a composed multi-modal model, their count
+    ``modality_chans`` for a model that takes one (:func:`takes_modality_chans`; kept from
+    ``kwargs`` when ``modalities`` is ``None``).
+
+    Raises
+    ------
+    DambenchInputError
+        A multi-modal model without ``modalities``, or whose ``kwargs`` name other ones; a
+        ``modality_chans`` in ``kwargs`` that differs from the number of ``modalities``.
+    """
+    from baselines.registry import composed_kwargs
+
+    out = {"in_chans": len(channels), **kwargs}
+    if modalities is not None and takes_modality_chans(name):
+        out["modality_chans"] = _modality_count(name, out, modalities)
+    if "modalities" not in composed_kwargs(name):
+        return out
+    if modalities is None:
+        raise DambenchInputError(
+            f"{name!r} is multi-modal but no modality names were recorded or given; retrain it "
+            "with baselines/train.py."
+        )
+    given = out.setdefault("modalities", [str(m) for m in modalities])
+    if list(given) != list(modalities):
+        raise DambenchInputError(
+            f"model.kwargs.modalities={list(given)}, but the data gives {list(modalities)}; set "
+            "task.modalities to the model's, or leave model.kwargs.modalities out."
+        )
+    return out
+
+
 def model_from_checkpoint(
     path: str | os.PathLike, *, channels: Sequence[str], map_location: Any = "cpu"
 ) -> torch.nn.Module:
@@ -205,9 +349,10 @@ def model_from_checkpoint(
 
     Returns
     -------
-    The model built with :func:`baselines.registry.create_model` from the stored config, with
-    the checkpoint's ``model`` weights (the EMA weights when the run kept an EMA), and
-    ``model_name``/``info`` set.
+    The model built with :func:`baselines.registry.create_model` from the stored config (a
+    multi-modal model with the modalities it was trained with, ``checkpoint["modalities"]``:
+    load the data with the same ones), with the checkpoint's ``model`` weights (the EMA weights
+    when the run kept an EMA), and ``model_name``/``info`` set.
 
     Raises
     ------
@@ -219,16 +364,129 @@ def model_from_checkpoint(
     state = load_checkpoint(path, map_location=map_location)
     stored = state["dataset"]["channels"]
     check_channels(path, stored, channels)
-    model_cfg = state["config"]["model"]
-    model = create_model(model_cfg["name"], **{"in_chans": len(stored), **model_cfg["kwargs"]})
+    name, record = state["config"]["model"]["name"], state.get("modalities")
+    kwargs = state["config"]["model"]["kwargs"]
+    modalities = None if record is None else record["names"]
+    model = create_model(name, **model_kwargs(name, kwargs, channels=stored, modalities=modalities))
     model.load_state_dict(state["model"])
     return model.eval()
 
 
+def _registered_defaults(name: str) -> dict:
+    """The registered default kwargs of ``name`` (a composed model: its host's, with what the
+    composition sets), ``{}`` for a plain factory."""
+    from baselines.registry import variant_defaults
+
+    try:
+        return variant_defaults(name)
+    except ValueError:
+        return {}
+
+
+def _check_initial_state(
+    path: str | os.PathLike,
+    state: Mapping[str, Any],
+    model_name: str,
+    kwargs: Mapping[str, Any],
+    normalization: Mapping[str, list],
+) -> bool:
+    """Refuse an ``init_from`` checkpoint of another model, kwargs or normalisation; returns
+    whether it holds the host of composed ``model_name`` (else the same model)."""
+    from baselines.registry import composed_host, composed_kwargs
+
+    source, host = state["model_name"], composed_host(model_name)
+    if source not in (model_name, host):
+        allowed = [model_name] + ([host] if host else [])
+        raise CheckpointError(
+            f"model.init_from={path} holds model {source!r}; {model_name!r} starts from a "
+            f"checkpoint of {' or '.join(map(repr, allowed))}."
+        )
+    own = {**_registered_defaults(model_name), **kwargs}  # the effective kwargs, defaults included
+    if source != model_name:  # the host's kwargs only
+        own = {k: v for k, v in own.items() if k not in composed_kwargs(model_name)}
+    stored = {**_registered_defaults(source), **state["config"]["model"]["kwargs"]}
+    differences = config_differences(stored, own)
+    if differences:
+        raise CheckpointError(
+            f"model.init_from={path} was trained with other model kwargs "
+            f"({'; '.join(differences)}, checkpoint -> this run); use the checkpoint's "
+            f"model.kwargs{' for the host' if source != model_name else ''}."
+        )
+    if dict(state["normalization"]) != dict(normalization):
+        raise CheckpointError(
+            f"model.init_from={path} was trained with another normalisation (train-split "
+            f"mean/std {state['normalization']}, this run {dict(normalization)}); its weights "
+            "expect other units. Start from a checkpoint trained on this dataset."
+        )
+    return source != model_name
+
+
+def initialise_from(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    model_name: str,
+    kwargs: Mapping[str, Any],
+    channels: Sequence[str],
+    normalization: Mapping[str, list],
+) -> dict[str, Any]:
+    """Load the ``model`` weights of checkpoint ``path`` into a new run's ``model`` (in place).
+
+    Parameters
+    ----------
+    model
+        The run's model, built as ``create_model(model_name, **kwargs)``.
+    path
+        A checkpoint of the same model, or of the host of composed ``model_name``
+        (``convcnp_small`` for ``multi_convcnp_small``): then every weight but the adapter's is
+        loaded and the adapter keeps its initialisation (zero heads: the model's analysis is
+        the host's, bit for bit).
+    model_name, kwargs
+        The run's model and its config kwargs (compared with the checkpoint's; a composed
+        model's own kwargs, e.g. ``adapter``, are left out of the comparison with a host).
+    channels, normalization
+        The run's channels and train-split normalisation (:func:`normalization_record`).
+
+    Returns
+    -------
+    dict
+        Provenance: ``path``, ``model``, ``epoch``, ``dataset_digest`` of the checkpoint.
+
+    Raises
+    ------
+    ChannelMismatchError
+        The checkpoint's channels differ from ``channels``.
+    CheckpointError
+        Another model, other kwargs or another normalisation, or weights that do not fit.
+    """
+    from baselines.layers.adapter import ADAPTER_ATTRIBUTE
+
+    state = load_checkpoint(path)
+    check_channels(path, state["dataset"]["channels"], channels)
+    from_host = _check_initial_state(path, state, model_name, kwargs, normalization)
+    result = model.load_state_dict(state["model"], strict=not from_host)
+    missing = [k for k in result.missing_keys if not k.startswith(ADAPTER_ATTRIBUTE + ".")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"model.init_from={path} does not fit {model_name!r}: missing {missing}, "
+            f"unexpected {list(result.unexpected_keys)}."
+        )
+    return {
+        "path": str(path),
+        "model": state["model_name"],
+        "epoch": state.get("epoch"),
+        "dataset_digest": state["dataset"]["digest"],
+        "dataset_digest_kind": state["dataset"].get("digest_kind", LEGACY_DIGEST_KIND),
+    }
+
+
 def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Provenance of a checkpoint for results files, as plain JSON types: ``model``, ``seed``,
-    ``epoch``, ``step``, ``ema_decay``, ``dataset`` (name), ``dataset_digest``, ``channels``,
-    ``config``, ``model_info``, ``versions``."""
+    ``epoch``, ``step``, ``ema_decay``, ``dataset`` (name), ``dataset_digest`` and
+    ``dataset_digest_kind`` (``"manifest"``: comparable with a results file's
+    ``dataset_digest``; :data:`LEGACY_DIGEST_KIND` for checkpoints from before), ``channels``,
+    ``config``, ``model_info``, ``versions``, ``modalities`` (names and sources, or ``None``)
+    and ``init_from`` (or ``None``)."""
     state = load_checkpoint(path)
     config = state["config"]
     return {
@@ -240,10 +498,13 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         "ema_decay": config["train"].get("ema_decay"),
         "dataset": state["dataset"]["name"],
         "dataset_digest": state["dataset"]["digest"],
+        "dataset_digest_kind": state["dataset"].get("digest_kind", LEGACY_DIGEST_KIND),
         "channels": list(state["dataset"]["channels"]),
         "config": config,
         "model_info": state.get("model_info"),
         "versions": state.get("versions", {}),
+        "modalities": state.get("modalities"),
+        "init_from": state.get("init_from"),
     }
 
 

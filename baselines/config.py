@@ -3,8 +3,13 @@
 A config file has three sections::
 
     task:  {dataset: era5-sample, batch_size: 1, num_workers: 0, patch: null, modalities: null}
-    model: {name: convcnp_small, kwargs: {}}
-    train: {epochs: 3, lr_peak: 1.0e-4, ..., seed: 0, out: runs/convcnp_small}
+    model: {name: convcnp_small, kwargs: {}, init_from: null}
+    train: {epochs: 3, lr_peak: 1.0e-4, ..., seed: 0, freeze: [], out: runs/convcnp_small}
+
+Fine-tuning a trained baseline with the multi-modal adapter (``baselines/configs/multi_*``)::
+
+    model: {name: multi_convcnp_small, init_from: runs/convcnp_small/checkpoints/best.pt}
+    train: {freeze: [host], ...}
 
 Command-line overrides use dotted keys: ``train.epochs=2 model.kwargs.embed_dim=32``. Every
 invalid value raises :class:`~dambench.exceptions.DambenchInputError` (a ``ValueError``) naming
@@ -50,13 +55,30 @@ class TaskConfig:
                 )
 
 
+FREEZABLE = ("host",)
+"""Parts of a model ``train.freeze`` can name: ``host`` is every parameter of a multi-modal
+model (``multi_*``) outside its adapter."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Which registered model, with which constructor arguments (``in_chans`` is filled from the
-    data when absent)."""
+    data when absent, and from the loader a multi-modal model's ``modalities`` and the
+    ``modality_chans`` count of a model that takes one, e.g. SLAMS: a value set here must
+    agree with the data, or the run is refused naming both).
+
+    Attributes
+    ----------
+    init_from
+        A checkpoint written by ``baselines/train.py`` (``best.pt``) whose ``model`` weights
+        start this run: one of the same model, or of the host of a ``multi_*`` model (then only
+        the adapter starts fresh, with zero heads, so training starts from the host's
+        analysis). Its channels, normalisation and host kwargs must be this run's.
+    """
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +103,10 @@ class TrainConfig:
         diagnostics (no sampler run per batch).
     max_steps_per_epoch
         Stop each epoch after this many optimiser steps (``None``: the whole loader).
+    freeze
+        Parts of the model not trained, among :data:`FREEZABLE` (``[host]``: only a multi-modal
+        model's adapter learns; the host's layers stay in eval mode). Needs
+        ``model.init_from``: a frozen untrained host is refused.
     """
 
     epochs: int = 1
@@ -97,6 +123,7 @@ class TrainConfig:
     sample_every: int | None = None
     sample_batches: int = 1
     sample_members: int | None = None
+    freeze: list[str] = field(default_factory=list)
     out: str = "runs/default"
 
     def __post_init__(self) -> None:
@@ -115,6 +142,11 @@ class TrainConfig:
             and self.sample_members < 1,
             "train.max_steps_per_epoch must be >= 1 or null": self.max_steps_per_epoch is not None
             and self.max_steps_per_epoch < 1,
+            f"train.freeze must be a list of distinct names among {list(FREEZABLE)}": not (
+                isinstance(self.freeze, list)
+                and set(self.freeze) <= set(FREEZABLE)
+                and len(set(self.freeze)) == len(self.freeze)
+            ),
         }
         failed = [message for message, bad in problems.items() if bad]
         if failed:
@@ -128,6 +160,13 @@ class RunConfig:
     task: TaskConfig
     model: ModelConfig
     train: TrainConfig
+
+    def __post_init__(self) -> None:
+        if "host" in self.train.freeze and self.model.init_from is None:
+            raise DambenchInputError(
+                "train.freeze: [host] freezes an untrained host: set model.init_from to a "
+                "trained host checkpoint (best.pt), or train from scratch without train.freeze."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

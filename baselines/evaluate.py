@@ -21,6 +21,8 @@ import argparse
 import json
 import sys
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +80,44 @@ def _denormalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
     return values * std[:, None, None] + mean[:, None, None]
 
 
-def predict_to_store(model, ds, stats, path: Path, *, members, sample_seed, batch_size, attrs):
+def withhold_modalities(batch: DABatch, names: list[str], keep: list[str] | None) -> DABatch:
+    """``batch`` with every modality not in ``keep`` marked absent (values 0, presence 0), so a
+    multi-modal model is scored without it; ``keep=None`` keeps all."""
+    if keep is None or batch.modalities is None or not names:
+        return batch
+    unknown = sorted(set(keep) - set(names))
+    if unknown:
+        raise DambenchInputError(f"--modalities {unknown} are not among the loader's {names}.")
+    kept = torch.tensor([name in keep for name in names], dtype=batch.modalities.dtype)
+    cells = kept[None, :, None, None]
+    mask = getattr(batch, "modality_mask", None)
+    return replace(
+        batch,
+        modalities=batch.modalities * cells,
+        modality_present=None if batch.modality_present is None else batch.modality_present * kept,
+        modality_mask=None if mask is None else mask * cells,
+    )
+
+
+def predict_to_store(
+    model,
+    ds,
+    stats,
+    path: Path,
+    *,
+    members,
+    sample_seed,
+    batch_size,
+    attrs,
+    modalities=None,
+    keep=None,
+):
     """Stream ``model``'s analyses of every cycle of ``ds`` to a prediction store.
 
     The model's ``analyse`` owns its grad mode (nothing here wraps it in ``no_grad``); each
-    batch's members are drawn from a seed of ``(sample_seed, first cycle index)``.
-    Returns the wall seconds per cycle.
+    batch's members are drawn from a seed of ``(sample_seed, first cycle index)``. ``modalities``
+    selects the loader's modalities (as in training), ``keep`` withholds the others
+    (:func:`withhold_modalities`). Returns the wall seconds per cycle.
     """
     from dambench.batching import make_dataloader
     from dambench.scoring import PredictionWriter
@@ -103,11 +137,14 @@ def predict_to_store(model, ds, stats, path: Path, *, members, sample_seed, batc
         overwrite=True,
     )
     info = getattr(model, "info", None)
-    loader = make_dataloader(ds, batch_size=batch_size, train=False, stats=stats, model_info=info)
+    loader = make_dataloader(
+        ds, batch_size=batch_size, train=False, stats=stats, model_info=info, modalities=modalities
+    )
+    names = list(getattr(loader.dataset, "modality_names", []))
     model.eval()
     started, cycle = time.perf_counter(), 0
     for raw in loader:
-        batch = DABatch.from_loader(raw)
+        batch = withhold_modalities(DABatch.from_loader(raw), names, keep)
         analysis = model.analyse(batch, members=members, seed=_cycle_seed(sample_seed, cycle))
         values = analysis.members if members else analysis.mean  # (B, [N,] C, H, W)
         values = _denormalise(values.detach().double().cpu().numpy(), mean, std)
@@ -117,16 +154,79 @@ def predict_to_store(model, ds, stats, path: Path, *, members, sample_seed, batc
     return (time.perf_counter() - started) / max(cycle, 1)
 
 
-def _provenance(model, args, checkpoint: str | None) -> dict:
+def _provenance(model, checkpoint: str | None) -> dict:
     meta = {"model_name": model.model_name, "model_info": model.info.to_dict()}
     if checkpoint:
         from baselines.checkpoint import checkpoint_metadata
 
         meta["checkpoint"] = checkpoint_metadata(checkpoint)
         meta["checkpoint"].pop("config", None)
+        recorded = meta["checkpoint"].get("modalities") or {}
+        meta["task_modalities"] = recorded.get("names")  # the loader's modalities in training
     if hasattr(model, "sampling_cost"):
         meta["sampling"] = model.sampling_cost()
+    if hasattr(model, "analysis_settings"):
+        meta["analysis_settings"] = model.analysis_settings()
     return meta
+
+
+def _kept_modalities(text: str | None) -> list[str] | None:
+    """``--modalities``: None (all), ``"none"`` (withhold all) or ``"a,b"``."""
+    if text is None:
+        return None
+    return [] if text.strip().lower() == "none" else [n.strip() for n in text.split(",") if n]
+
+
+def modality_labels(ds: xr.Dataset, keep: list[str] | None) -> dict:
+    """What a multi-modal result used: the modalities kept and each one's recorded source."""
+    recorded = ds.attrs.get("modalities") or "{}"
+    sources = json.loads(recorded) if isinstance(recorded, str) else dict(recorded)
+    available = [name for name in sources if name in ds.data_vars]
+    used = available if keep is None else [name for name in available if name in keep]
+    return {"used": used, "withheld": sorted(set(available) - set(used)), "sources": sources}
+
+
+def _predict_all(args, ds, stats, models, out: Path, name: str) -> dict:
+    """Stream each seed's analyses to ``OUT/predictions/seed<k>.zarr``."""
+    stores, seeds, provenance, seconds = [], [], [], []
+    keep = _kept_modalities(args.modalities)
+    for k, model in enumerate(models):
+        meta = _provenance(model, args.checkpoint[k] if args.checkpoint else None)
+        seed = meta.get("checkpoint", {}).get("seed", k)
+        members = _members(model, args.members)
+        store = out / "predictions" / f"seed{seed}.zarr"
+        attrs = {"model": name, "seed": seed, "members": members or 0, **meta}
+        options = {
+            "members": members,
+            "sample_seed": args.sample_seed,
+            "attrs": attrs,
+            "batch_size": args.batch_size,
+            "modalities": meta.get("task_modalities"),
+            "keep": keep,
+        }
+        seconds.append(predict_to_store(model, ds, stats, store, **options))
+        stores.append(store)
+        seeds.append(seed)
+        provenance.append(meta)
+    return {"stores": stores, "seeds": seeds, "models": provenance, "seconds": seconds}
+
+
+def _warn_other_dataset(models: list[dict], summary: dict) -> None:
+    """Warn when a checkpoint was trained on another build than the one scored (both digests
+    are manifest digests, so they differ only if the data differ)."""
+    scored = summary["dataset"]
+    for meta in models:
+        trained = meta.get("checkpoint") or {}
+        kinds = (trained.get("dataset_digest_kind"), scored["digest_kind"])
+        if kinds == ("manifest", "manifest") and trained["dataset_digest"] != scored["digest"]:
+            warnings.warn(
+                f"{trained['checkpoint']} was trained on {trained['dataset']} with digest "
+                f"{trained['dataset_digest'][:12]}, but {scored['name']} scored here has digest "
+                f"{scored['digest'][:12]}: another build (its normalisation statistics and "
+                "observations may differ).",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -140,36 +240,14 @@ def run(args: argparse.Namespace) -> dict:
     models = build_models(args, ds, stats)
     name = args.name or args.model or Path(args.checkpoint[0]).parent.parent.name
     out = Path(args.out)
-    stores, seeds, provenance, seconds = [], [], [], []
-    for k, model in enumerate(models):
-        checkpoint = args.checkpoint[k] if args.checkpoint else None
-        meta = _provenance(model, args, checkpoint)
-        seed = meta.get("checkpoint", {}).get("seed", k)
-        members = _members(model, args.members)
-        store = out / "predictions" / f"seed{seed}.zarr"
-        attrs = {"model": name, "seed": seed, "members": members or 0, **meta}
-        seconds.append(
-            predict_to_store(
-                model,
-                ds,
-                stats,
-                store,
-                members=members,
-                attrs=attrs,
-                sample_seed=args.sample_seed,
-                batch_size=args.batch_size,
-            )
-        )
-        stores.append(store)
-        seeds.append(seed)
-        provenance.append(meta)
+    predicted = _predict_all(args, ds, stats, models, out, name)
     report = evaluate_predictions(
-        stores,
+        predicted["stores"],
         args.dataset,
         split=args.split,
         out=out,
         name=name,
-        seeds=seeds,
+        seeds=predicted["seeds"],
         regions=args.region,
         by=args.by,
         n_resamples=args.bootstrap,
@@ -177,36 +255,112 @@ def run(args: argparse.Namespace) -> dict:
     )
     results = {
         **report.summary,
-        "models": provenance,
+        "models": predicted["models"],
         "sample_seed": args.sample_seed,
-        "analysis_seconds_per_cycle": float(np.mean(seconds)),
+        "analysis_seconds_per_cycle": float(np.mean(predicted["seconds"])),
     }
+    _warn_other_dataset(predicted["models"], report.summary)
+    if models[0].info.uses_modalities:
+        results["modalities"] = modality_labels(ds, _kept_modalities(args.modalities))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 
+def _model_name(result: dict) -> str:
+    models = result.get("models") or [{}]
+    return str(models[0].get("model_name", result["model"]))
+
+
+def improvement(multi: dict, host: dict, *, seed: int = 0) -> dict:
+    """Table 4's Imp: the relative MSE improvement of a Multi-X result over its X result,
+    ``100 (1 - MSE_multi / MSE_host)`` %, with a paired block-bootstrap interval over the same
+    cycles (results of other dataset digests, splits or cycles are refused)."""
+    from dambench.scoring.bootstrap import block_bootstrap
+    from dambench.scoring.identity import check_same_data
+
+    check_same_data(multi, host)
+    a = np.asarray(host["per_cycle"][host["model"]]["MSE(1e-2)"])
+    b = np.asarray(multi["per_cycle"][multi["model"]]["MSE(1e-2)"])
+    interval = block_bootstrap(
+        np.stack([a, b], axis=1), statistic=lambda m: 100 * (1 - m[..., 1] / m[..., 0]), seed=seed
+    )
+    return {
+        "value": interval.value,
+        "ci": [interval.low, interval.high],
+        "n": interval.n,
+        "block_length": interval.block_length,
+    }
+
+
+def table4(results: list[dict]) -> str | None:
+    """The paper's Table 4 layout for every Multi-X result whose X result is also given: the
+    Table 3 columns of Multi-X and Imp (relative MSE improvement over X, paired interval), with
+    the modalities each used and their sources; ``None`` when no pair is given."""
+    from dambench.scoring.report import TABLE3
+
+    hosts = {_model_name(r): r for r in results if not _model_name(r).startswith("multi_")}
+    rows, notes = {}, []
+    for multi in results:
+        host = hosts.get(_model_name(multi).removeprefix("multi_"))
+        if not _model_name(multi).startswith("multi_") or host is None:
+            continue
+        row = dict(multi["table3"][multi["model"]])
+        row["Imp (%)"] = improvement(multi, host)
+        rows[multi["model"]] = row
+        used = multi.get("modalities", {})
+        sources = "; ".join(f"{m}: {used['sources'].get(m, '?')}" for m in used.get("used", []))
+        notes.append(f"- {multi['model']} over {host['model']}: modalities {sources or 'none'}")
+    if not rows:
+        return None
+    columns = [title for title, *_ in TABLE3] + ["Imp (%)"]
+    return _format_rows(rows, columns) + "\n\n" + "\n".join(notes)
+
+
+def _ensemble_rows(results: list[dict]) -> str | None:
+    from dambench.scoring.report import ENSEMBLE_TABLE
+
+    rows = {r["model"]: r["ensemble"][r["model"]] for r in results if r.get("ensemble")}
+    return _format_rows(rows, [t for t, *_ in ENSEMBLE_TABLE]) if rows else None
+
+
+def _leaderboard_rows(results: list[dict]) -> dict[str, dict]:
+    """Each method once: the results' own rows, then the reference rows they carry (the
+    dataset's Background) unless a result is that same method (identical per-cycle values)."""
+    rows = {r["model"]: r["table3"][r["model"]] for r in results}
+    own = [r["per_cycle"][r["model"]] for r in results]
+    for result in results:
+        for method, row in result["table3"].items():
+            values = result["per_cycle"].get(method, {})
+            if method not in rows and not any(_same_values(values, o) for o in own):
+                rows[method] = row
+    return rows
+
+
+def _same_values(a: dict, b: dict) -> bool:
+    """Two methods' per-cycle Table 3 columns agree to float32 round-off (the same analyses)."""
+    return a.keys() == b.keys() and all(
+        len(a[k]) == len(b[k]) and np.allclose(a[k], b[k], rtol=1e-5, atol=0) for k in a
+    )
+
+
 def leaderboard(paths: list[str], out: str | None = None) -> str:
     """One Table 3 from several ``results.json`` files (each method once), with paired
-    block-bootstrap comparisons of every row against the best on MSE. Results scored on
-    different dataset digests, splits or cycles are refused."""
+    block-bootstrap comparisons of every row against the best on MSE; the ensemble table when
+    ensembles are given; Table 4 when a Multi-X result and its X result are both given. Results
+    scored on different dataset digests, splits or cycles are refused."""
     from dambench.scoring import compare
     from dambench.scoring.report import TABLE3
 
     results = [json.loads(Path(p).read_text()) for p in paths]
-    rows: dict[str, dict] = {}
-    for result in results:
-        for method, row in result["table3"].items():
-            rows.setdefault(method, row)
-    text = _format_rows(rows, [title for title, *_ in TABLE3])
+    text = _format_rows(_leaderboard_rows(results), [title for title, *_ in TABLE3])
     scored = [r for r in results if "MSE(1e-2)" in r["table3"][r["model"]]]
     if len(scored) > 1:
         best = min(scored, key=lambda r: r["table3"][r["model"]]["MSE(1e-2)"]["value"])
-        notes = [
-            compare(r, best)["verdict"] + _interval_text(compare(r, best))
-            for r in scored
-            if r is not best
-        ]
-        text += "\n\n" + "\n".join(f"- {note}" for note in notes)
+        notes = [compare(r, best) for r in scored if r is not best]
+        text += "\n\n" + "\n".join(f"- {c['verdict']}{_interval_text(c)}" for c in notes)
+    for title, section in (("Ensembles", _ensemble_rows(results)), ("Table 4", table4(results))):
+        if section:
+            text += f"\n\n{title}:\n\n{section}"
     if out:
         Path(out).write_text(text + "\n")
     return text
@@ -264,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--channel", default="t2m", help="channel of the figures")
     run_p.add_argument("--region", nargs="+", default=["global"], help="regions to score")
     run_p.add_argument("--by", choices=["month", "season"], help="also score per period")
+    run_p.add_argument(
+        "--modalities",
+        help="none or NAME[,NAME]: withhold the other modalities "
+        "(marked absent) from a multi-modal model, for an ablation",
+    )
     board = sub.add_parser("leaderboard", help="collect results.json files into one table")
     board.add_argument("results", nargs="+", help="results.json files of evaluate.py run")
     board.add_argument("--out", help="write the table to this Markdown file too")

@@ -58,13 +58,17 @@ class DABatch:
     target
         ``x*`` (B, C, H, W), absent at inference.
     modalities
-        (B, M, H, W) extra observations (precipitation, OLR), 0 where absent.
+        (B, M, H, W) extra observations (precipitation, OLR) in model space, 0 where absent.
     modality_present
         (B, M) float, 1 where the modality exists for that sample.
     latitude, longitude
         (B, H) and (B, W) coordinates in degrees of each sample's window (a patch or the whole
         globe); ``None`` when the loader gives none (then the whole canonical globe is assumed
         only by models whose ``ModelInfo.supports_patches`` is ``False``).
+    modality_mask
+        (B, M, H, W) float, 1 where a modality's cell holds data (the store's value is finite),
+        as the loader sends it; ``None`` in a batch built without one (see
+        :meth:`modality_cells`).
     """
 
     background: torch.Tensor
@@ -75,6 +79,7 @@ class DABatch:
     modality_present: torch.Tensor | None = None
     latitude: torch.Tensor | None = None
     longitude: torch.Tensor | None = None
+    modality_mask: torch.Tensor | None = None
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> DABatch:
         """The batch on ``device`` (floating tensors cast to ``dtype`` when given; coordinates
@@ -98,8 +103,45 @@ class DABatch:
             "modalities",
             "modality_present",
             *_COORDINATES,
+            "modality_mask",
         )
         return cls(**{name: batch.get(name) for name in names})
+
+    def modality_cells(self) -> torch.Tensor | None:
+        """(B, M, H, W) bool: the cells holding data of a modality present in their sample.
+
+        A cell counts where ``modality_mask`` is 1 (the loader's per-cell mask: a value equal
+        to the train-split mean, 0 after the z-score, is data) and its sample's
+        ``modality_present`` flag is 1. A batch built without ``modality_mask`` falls back to
+        the documented encoding of ``modalities`` (0 where absent): a cell counts where its
+        value is non-zero, so there a value exactly 0 counts as absent. ``None`` when the
+        batch carries no modalities (``None`` or M = 0).
+
+        Raises
+        ------
+        DambenchInputError
+            ``modalities`` is not (B, M, H, W), ``modality_present`` not (B, M), or
+            ``modality_mask`` not the shape of ``modalities``.
+        """
+        values, present, mask = self.modalities, self.modality_present, self.modality_mask
+        if values is not None and values.ndim != 4:
+            raise DambenchInputError(
+                f"batch.modalities must be (B, M, H, W); got shape {tuple(values.shape)}."
+            )
+        if values is None or values.shape[1] == 0:
+            return None
+        if present is None or tuple(present.shape) != tuple(values.shape[:2]):
+            found = None if present is None else tuple(present.shape)
+            raise DambenchInputError(
+                f"batch.modality_present must be (B, M) = {tuple(values.shape[:2])}; got {found}."
+            )
+        if mask is not None and tuple(mask.shape) != tuple(values.shape):
+            raise DambenchInputError(
+                f"batch.modality_mask must have the shape of batch.modalities "
+                f"{tuple(values.shape)}; got {tuple(mask.shape)}."
+            )
+        cells = values != 0 if mask is None else mask > 0  # (B, M, H, W)
+        return cells & (present > 0)[:, :, None, None]
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -6,8 +6,9 @@ Builds (first use) and loads era5-sample, scores the registered models that need
 (Background, and 3D-Var fitted on the train split), trains each model of ``--models`` with its
 config (``baselines/configs/NAME.yaml``), scores it on the test split through the package's
 scorer (``dambench evaluate``: block-bootstrap intervals, ensembles scored on their mean with
-CRPS and spread/skill), and writes the Table 3 leaderboard (Markdown), per-method results
-(``results.json``, ``scores.parquet``) and figures.
+CRPS and spread/skill), and writes the leaderboard (Markdown: Table 3, the ensemble table, and
+Table 4 when a ``multi_X`` config follows ``X``, fine-tuned from the ``X`` trained in the same
+run), per-method results (``results.json``, ``scores.parquet``) and figures.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 import time
 from argparse import Namespace
 from pathlib import Path
+
+import yaml
 
 from baselines import evaluate, train
 from baselines.config import load_run_config
@@ -40,6 +43,7 @@ def _eval_args(folder, out, *, model=None, checkpoint=None, name=None) -> Namesp
         channel="t2m",
         region=["global"],
         by=None,
+        modalities=None,
     )
 
 
@@ -51,6 +55,10 @@ def _references() -> list[str]:
 
 def _train_and_score(name: str, folder: Path, out: Path, epochs: int | None, quiet: bool) -> Path:
     overrides = [f"task.dataset={folder}", f"train.out={out / 'runs' / name}"]
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    if config["model"].get("init_from"):  # fine-tune the host trained earlier in this run
+        host = out / "runs" / Path(config["model"]["init_from"]).parts[1]
+        overrides.append(f"model.init_from={host / 'checkpoints' / 'best.pt'}")
     if epochs:
         overrides.append(f"train.epochs={epochs}")
     cfg = load_run_config(CONFIGS / f"{name}.yaml", overrides)

@@ -16,6 +16,9 @@ re-running the same command resumes bit-identically) and the best one on validat
 the inference step (``analyse``) also runs on ``train.sample_batches`` validation batches.
 Checkpoints are described in :mod:`baselines.checkpoint`.
 
+A run starts from scratch or from ``model.init_from`` (the same model, or the host of a
+``multi_*`` model); ``train.freeze: [host]`` trains only a multi-modal model's adapter.
+
 Data-parallel with ``torchrun --nproc_per_node N -m baselines.train ...`` (NCCL on GPU, gloo on
 CPU); each rank takes every N-th sample of the same shuffled order, so N processes with batch b
 follow one process with batch N*b.
@@ -43,9 +46,13 @@ from tqdm.auto import tqdm
 from baselines.checkpoint import (
     CheckpointError,
     ResumeMismatchError,
+    check_same_dataset,
     config_differences,
-    dataset_digest,
+    dataset_record,
+    initialise_from,
     load_checkpoint,
+    modality_record,
+    model_kwargs,
     normalization_record,
     rng_state,
     save_checkpoint,
@@ -54,6 +61,7 @@ from baselines.checkpoint import (
 from baselines.config import RunConfig, TrainConfig, load_run_config
 from baselines.interface import DABatch, ModelInfo
 from baselines.layers.ema import ModelEma
+from baselines.models.multi import adapter_of, freeze_host, keep_host_in_eval
 from baselines.registry import create_model, model_info
 from dambench.exceptions import DambenchError, DambenchInputError
 
@@ -142,6 +150,10 @@ class TrainData:
     stats: xr.Dataset
     channels: list[str]
     dataset: dict[str, Any]
+    """The checkpoints' ``dataset`` entry (:func:`~baselines.checkpoint.dataset_record`)."""
+    whole: xr.Dataset
+    """The whole dataset (all splits, lazy) that ``dataset`` identifies."""
+    modality_names: list[str] = field(default_factory=list)
 
     @property
     def normalization(self) -> dict[str, list]:
@@ -185,12 +197,10 @@ def make_loaders(cfg: RunConfig, rank: int, world: int) -> TrainData:
         **common,
     )
     channels = [str(c) for c in train_ds["channel"].values]
-    record = {
-        "name": cfg.task.dataset,
-        "digest": dataset_digest(open_dataset(cfg.task.dataset)),
-        "channels": channels,
-    }
-    return TrainData(train, val, sampler, train_ds, stats, channels, record)
+    whole = open_dataset(cfg.task.dataset)
+    record = dataset_record(cfg.task.dataset, channels)  # the scorer's identity
+    names = list(train_samples.modality_names)
+    return TrainData(train, val, sampler, train_ds, stats, channels, record, whole, names)
 
 
 def check_trainable(cfg: RunConfig) -> ModelInfo:
@@ -214,16 +224,39 @@ def check_trainable(cfg: RunConfig) -> ModelInfo:
 
 
 def build_model(cfg: RunConfig, data: TrainData, device: torch.device) -> torch.nn.Module:
-    """``create_model`` with ``in_chans`` from the data, fitted first when ``needs_fit``."""
-    model = create_model(cfg.model.name, **{"in_chans": len(data.channels), **cfg.model.kwargs})
-    if model.info.needs_fit:
+    """``create_model`` with ``in_chans`` and the modalities (names, or the ``modality_chans``
+    count) from the data, moved to ``device`` and then fitted when ``needs_fit`` (a fit that
+    trains a network, as SLAMS' autoencoder, runs on the run's device), unless it starts from a
+    checkpoint (``model.init_from``), whose fitted state it loads."""
+    name, names = cfg.model.name, data.modality_names
+    kwargs = model_kwargs(name, cfg.model.kwargs, channels=data.channels, modalities=names)
+    model = create_model(name, **kwargs).to(device)
+    if model.info.needs_fit and cfg.model.init_from is None:  # else the checkpoint's fit is kept
         model.fit(data.train_ds, data.stats, verbose=False)
+    return model
+
+
+def start_from(cfg: RunConfig, data: TrainData, model: torch.nn.Module) -> dict | None:
+    """Load ``model.init_from`` into ``model`` and apply ``train.freeze``; returns the
+    provenance of the initial weights (``None`` from scratch)."""
+    record = None
+    if cfg.model.init_from is not None:
+        record = initialise_from(
+            model,
+            cfg.model.init_from,
+            model_name=cfg.model.name,
+            kwargs=cfg.model.kwargs,
+            channels=data.channels,
+            normalization=data.normalization,
+        )
+    if "host" in cfg.train.freeze:
+        logger.info("froze %d host parameters", freeze_host(model))
     if not any(p.requires_grad for p in model.parameters()):
         raise DambenchInputError(
             f"Model {cfg.model.name!r} is registered as trainable but has no parameters that "
             "require gradients; fix its ModelInfo (trainable=False) or its constructor."
         )
-    return model.to(device)
+    return record
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -267,6 +300,7 @@ class Trainer:
     rank: int = 0
     world: int = 1
     ema: ModelEma | None = None
+    init_from: dict | None = None
     optimizer: torch.optim.Optimizer = field(init=False)
     scaler: torch.amp.GradScaler = field(init=False)
     loss_module: torch.nn.Module = field(init=False)
@@ -279,7 +313,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.loss_module = LossModule(self.model)
         if self.world > 1:
-            self.loss_module = torch.nn.parallel.DistributedDataParallel(self.loss_module)
+            # an adapter's stream without tokens in a batch leaves its parameters unused
+            unused = adapter_of(self.model) is not None
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module, find_unused_parameters=unused
+            )
 
     @property
     def use_amp(self) -> bool:
@@ -319,6 +357,10 @@ class Trainer:
             "step": self.step,
             "best": self.best,
         }
+        if self.model.info.uses_modalities:
+            state["modalities"] = modality_record(self.data.modality_names, self.data.train_ds)
+        if self.init_from is not None:
+            state["init_from"] = self.init_from
         if resumable:
             if self.ema is not None:
                 state["raw_model"] = self.model.state_dict()
@@ -339,11 +381,7 @@ class Trainer:
                 f"{path} was written by a run with a different config ({'; '.join(differences)})."
                 " Resume with the same config, or choose another train.out."
             )
-        if state["dataset"] != self.data.dataset:
-            raise ResumeMismatchError(
-                f"{path} was trained on dataset {state['dataset']}; this run has "
-                f"{self.data.dataset}. Choose another train.out to start a new run."
-            )
+        check_same_dataset(path, state["dataset"], self.data.dataset, self.data.whole)
         if "optimizer" not in state:
             raise CheckpointError(f"{path} holds no training state to resume from.")
         self.model.load_state_dict(state["raw_model"] if self.ema is not None else state["model"])
@@ -388,6 +426,8 @@ def train_epoch(t: Trainer, epoch: int, verbose: bool) -> list[float]:
     t.data.sampler.set_epoch(epoch)
     t.data.train.dataset.set_epoch(epoch)
     t.model.train()
+    if "host" in t.cfg.train.freeze:
+        keep_host_in_eval(t.model)
     losses: list[float] = []
     bar = tqdm(total=t.steps_per_epoch, desc=f"epoch {epoch}", disable=not verbose or t.rank != 0)
     for i, raw in enumerate(t.data.train):
@@ -496,15 +536,17 @@ def _end_of_epoch(t: Trainer, epoch: int, record: dict) -> None:
 
 
 def setup(cfg: RunConfig) -> Trainer:
-    """Refuse what cannot be trained, seed, load the data, build (and fit) the model, and
-    resume from ``train.out/checkpoints/last.pt`` when it exists."""
+    """Refuse what cannot be trained, seed, load the data, build (and fit) the model, start
+    it from ``model.init_from``, and resume from ``train.out/checkpoints/last.pt`` when it
+    exists."""
     check_trainable(cfg)
     rank, world, device = setup_distributed()
     seed_everything(cfg.train.seed)
     data = make_loaders(cfg, rank, world)
     model = build_model(cfg, data, device)
+    init_from = start_from(cfg, data, model)
     ema = None if cfg.train.ema_decay is None else ModelEma(model, cfg.train.ema_decay)
-    t = Trainer(cfg, data, model, device, rank=rank, world=world, ema=ema)
+    t = Trainer(cfg, data, model, device, rank=rank, world=world, ema=ema, init_from=init_from)
     (t.out / "checkpoints").mkdir(parents=True, exist_ok=True)
     last = t.out / "checkpoints" / "last.pt"
     if last.exists():

@@ -4,9 +4,15 @@
 
 For every model ``list_models(f"*_{size}")`` (whatever is registered: the script dispatches on
 each model's :class:`~baselines.interface.ModelInfo` and names none), on random normalised
-tensors of the real shape (121 x 240, the variant's ``in_chans`` channels, 5 % observed):
+tensors of the real shape (121 x 240, the variant's ``in_chans`` channels, 5 % observed, the
+modalities the model takes: its ``modality_chans``, else its adapter's, else one):
 
-- ``fit_s``: ``model.fit`` on a synthetic 2-cycle train split, when ``info.needs_fit``;
+- ``fit_s``: ``model.fit`` on a synthetic 2-cycle train split, when ``info.needs_fit``. A fit
+  that needs the data stack (e.g. SLAMS trains its autoencoder through ``dambench.batching``,
+  which needs xbatcher) is skipped where that is not installed: ``fit_skipped=1``, a note names
+  the import error, and the model's unfitted statistics (non-finite floating buffers) get random
+  positive values, so its training step and analysis are still timed (with an untrained
+  autoencoder: the same cost, not the same numbers);
 - trainable models: one training step (``loss``, backward, AdamW step) at ``--batch-size``:
   ``step_ms`` (best of ``--repeats`` after ``--warmup`` untimed calls), ``samples_per_s`` and
   ``train_peak_mib``;
@@ -18,9 +24,10 @@ Peak memory is CUDA's ``max_memory_allocated`` on a GPU, else the process's resi
 (RSS) sampled every 2 ms during the timed calls (absolute, the interpreter included). With
 ``--amp`` on CUDA the forward passes run under ``torch.autocast`` (float16), as in training.
 Needs torch and numpy (xarray for models with ``needs_fit``); imports no zarr, dask, xbatcher or
-datasets. The last line is ``name=value`` pairs: ``<model>_<quantity>=value`` for every model and
-quantity, plus ``size``, ``device``, ``models`` and ``failed`` (a failing model is reported and
-the script exits with status 1).
+datasets itself. The table is followed by a ``note:`` line per model with something to say (a
+skipped fit). The last line is ``name=value`` pairs: ``<model>_<quantity>=value`` for every
+model and quantity, plus ``size``, ``device``, ``models`` and ``failed`` (a failing model is
+reported and the script exits with status 1).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from baselines.checkpoint import model_kwargs, takes_modality_chans
 from baselines.interface import DABatch
+from baselines.models.multi import adapter_of
 from baselines.registry import create_model, list_models
 
 GRID = (121, 240)
@@ -86,8 +95,35 @@ class PeakMemory:
             self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
-def random_batch(in_chans: int, batch_size: int, device: torch.device, seed: int = 0) -> DABatch:
-    """Normalised random fields (B, C, 121, 240), 5 % observed, one modality, coordinates."""
+def build(name: str, size: str) -> torch.nn.Module:
+    """``create_model(name)``; a composed model whose host also takes a modality count (e.g.
+    ``multi_slams_*``) is rebuilt as ``baselines/train.py`` builds it, with the count from its
+    adapter's modality names (:func:`baselines.checkpoint.model_kwargs`), so both take the same
+    ``batch.modalities``."""
+    model = create_model(name)
+    adapter = adapter_of(model)
+    if adapter is None or not takes_modality_chans(name):
+        return model
+    in_chans = getattr(model, "in_chans", None) or _DEFAULT_IN_CHANS[size]
+    names = list(adapter.modalities)
+    return create_model(name, **model_kwargs(name, {}, channels=[""] * in_chans, modalities=names))
+
+
+def modality_count(model: torch.nn.Module) -> int:
+    """The number of modalities M the model takes in ``batch.modalities``: its
+    ``modality_chans`` (e.g. SLAMS), else its multi-modal adapter's modality names, else 1."""
+    count = getattr(model, "modality_chans", None)
+    if count is None:
+        adapter = adapter_of(model)
+        count = 1 if adapter is None else len(adapter.modalities)
+    return int(count)
+
+
+def random_batch(
+    in_chans: int, batch_size: int, device: torch.device, seed: int = 0, modalities: int = 1
+) -> DABatch:
+    """Normalised random fields (B, C, 121, 240), 5 % observed, ``modalities`` random
+    modalities (all present), coordinates."""
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, in_chans, *GRID)
     background = torch.randn(shape, generator=gen)
@@ -100,8 +136,8 @@ def random_batch(in_chans: int, batch_size: int, device: torch.device, seed: int
         observation=target * mask,
         mask=mask,
         target=target,
-        modalities=torch.randn((batch_size, 1, *GRID), generator=gen),
-        modality_present=torch.ones(batch_size, 1),
+        modalities=torch.randn((batch_size, modalities, *GRID), generator=gen),
+        modality_present=torch.ones(batch_size, modalities),
         latitude=latitude.contiguous(),
         longitude=longitude.contiguous(),
     )
@@ -137,6 +173,35 @@ def synthetic_train_split(in_chans: int, n_time: int = 2):
         coords={schema.CHANNEL: channels},
     )
     return ds, stats
+
+
+def fill_unfitted(model: torch.nn.Module, seed: int = 0) -> list[str]:
+    """Give every floating buffer that holds non-finite values (a statistic ``fit`` has not
+    set) random values in [0.5, 1]; returns their names."""
+    gen = torch.Generator().manual_seed(seed)
+    filled = []
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all()):
+            values = 0.5 + 0.5 * torch.rand(buffer.shape, generator=gen)
+            buffer.copy_(values.to(buffer))
+            filled.append(name)
+    return filled
+
+
+def fit_or_fill(model: torch.nn.Module, in_chans: int) -> tuple[dict[str, float], str | None]:
+    """``({"fit_s": seconds}, None)`` after ``model.fit`` on the synthetic split; where the fit
+    needs a package that is not installed (an ``ImportError``: the data stack on the GPU
+    image), ``({"fit_skipped": 1.0}, note)`` with the unfitted statistics filled at random
+    (:func:`fill_unfitted`) and the note naming the error and the buffers."""
+    start = time.perf_counter()
+    try:
+        model.fit(*synthetic_train_split(in_chans))
+    except ImportError as err:  # MissingDependencyError is one too
+        filled = fill_unfitted(model)
+        reason = f"{type(err).__name__}: {err}".replace("\n", " ")[:200]
+        note = f"fit skipped ({reason}); random values for unfitted buffers {filled}"
+        return {"fit_skipped": 1.0}, note
+    return {"fit_s": time.perf_counter() - start}, None
 
 
 def best_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
@@ -193,30 +258,32 @@ def bench_analysis(model, batch: DABatch, args, device: torch.device) -> dict[st
     return out
 
 
-def bench_model(name: str, args, device: torch.device) -> dict[str, float]:
-    """All figures of one registered model."""
+def bench_model(name: str, args, device: torch.device) -> tuple[dict[str, float], str | None]:
+    """All figures of one registered model, and a note (``None`` when there is nothing to
+    say). The model is on ``device`` before ``fit``, as in ``baselines/train.py``."""
     torch.manual_seed(0)
-    model = create_model(name)
+    model = build(name, args.size).to(device)
     in_chans = getattr(model, "in_chans", None) or _DEFAULT_IN_CHANS[args.size]
-    out: dict[str, float] = {"in_chans": float(in_chans)}
+    m = modality_count(model)
+    out: dict[str, float] = {"in_chans": float(in_chans), "modalities": float(m)}
+    note = None
     if model.info.needs_fit:
-        start = time.perf_counter()
-        model.fit(*synthetic_train_split(in_chans))
-        out["fit_s"] = time.perf_counter() - start
-    model = model.to(device)
+        fitted, note = fit_or_fill(model, in_chans)
+        out.update(fitted)
     out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     if model.info.trainable:
-        out.update(
-            bench_training(model, random_batch(in_chans, args.batch_size, device), args, device)
-        )
+        batch = random_batch(in_chans, args.batch_size, device, modalities=m)
+        out.update(bench_training(model, batch, args, device))
         model.zero_grad(set_to_none=True)
-    out.update(bench_analysis(model, random_batch(in_chans, 1, device, seed=1), args, device))
-    return out
+    batch = random_batch(in_chans, 1, device, seed=1, modalities=m)
+    out.update(bench_analysis(model, batch, args, device))
+    return out, note
 
 
 def _format_table(results: dict[str, dict[str, float] | str]) -> str:
-    columns = ["in_chans", "params_m", "fit_s", "step_ms", "samples_per_s", "train_peak_mib",
-               "analysis_ms", "members", "member_ms", "analysis_peak_mib"]  # fmt: skip
+    columns = ["in_chans", "modalities", "params_m", "fit_s", "step_ms", "samples_per_s",
+               "train_peak_mib", "analysis_ms", "members", "member_ms",
+               "analysis_peak_mib"]  # fmt: skip
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in results.items():
         if isinstance(row, str):
@@ -240,11 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = [n for n in list_models(f"*_{args.size}") if n in list_models(args.models)]
     results: dict[str, dict[str, float] | str] = {}
+    notes: dict[str, str] = {}
     for name in names:
         try:
-            results[name] = bench_model(name, args, device)
+            results[name], note = bench_model(name, args, device)
         except Exception as err:  # report every model; a failure is shown and sets the status
-            results[name] = f"{type(err).__name__}: {err}".replace("\n", " ")[:300]
+            results[name], note = f"{type(err).__name__}: {err}".replace("\n", " ")[:300], None
+        if note is not None:
+            notes[name] = note
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -252,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device={device} ({card}), torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, amp={args.amp}, repeats={args.repeats}")  # fmt: skip
     print(_format_table(results))
+    for name, note in notes.items():
+        print(f"note: {name}: {note}")
     failed = [name for name, row in results.items() if isinstance(row, str)]
     pairs = {"size": args.size, "device": device.type, "models": len(names), "failed": len(failed)}
     for name, row in results.items():

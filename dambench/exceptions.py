@@ -20,6 +20,11 @@ class DambenchIntegrityError(DambenchError, ValueError):
     changed or not listed in its ``manifest.json``. The message names the files and the fix."""
 
 
+class DambenchSamplingError(DambenchError, RuntimeError):
+    """A sampler (e.g. a diffusion model's guided sampler) produced unusable samples
+    (non-finite or diverged values); the message names the settings to change."""
+
+
 class MissingDependencyError(DambenchError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 

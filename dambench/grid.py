@@ -421,6 +421,25 @@ def _find_dim(obj: XrObject, aliases: tuple[str, ...]) -> str | None:
     return None
 
 
+def rename_aliases(obj: XrObject) -> XrObject:
+    """``obj`` with the common aliases of its dims (``lat``/``lon``, ``valid_time``,
+    ``pressure_level``/``isobaricInhPa``, ...) renamed to the schema's; nothing is reoriented and
+    nothing is read (lazy objects stay lazy)."""
+    renames = {}
+    for canonical, aliases in (
+        (schema.LATITUDE, schema.LATITUDE_ALIASES),
+        (schema.LONGITUDE, schema.LONGITUDE_ALIASES),
+        (schema.TIME, schema.TIME_ALIASES),
+        (schema.LEVEL, schema.LEVEL_ALIASES),
+    ):
+        if canonical in obj.dims:
+            continue
+        found = _find_dim(obj, aliases)
+        if found is not None:
+            renames[found] = canonical
+    return obj.rename(renames) if renames else obj
+
+
 def to_canonical(obj: XrObject) -> XrObject:
     """Return ``obj`` in canonical form: names, orientation and dim order of the schema.
 
@@ -434,19 +453,7 @@ def to_canonical(obj: XrObject) -> XrObject:
 
     Works lazily on dask-backed objects. Does not regrid: see :func:`validate` for the grid check.
     """
-    renames = {}
-    for canonical, aliases in (
-        (schema.LATITUDE, schema.LATITUDE_ALIASES),
-        (schema.LONGITUDE, schema.LONGITUDE_ALIASES),
-        (schema.TIME, schema.TIME_ALIASES),
-        (schema.LEVEL, schema.LEVEL_ALIASES),
-    ):
-        if canonical in obj.dims:
-            continue
-        found = _find_dim(obj, aliases)
-        if found is not None:
-            renames[found] = canonical
-    out = obj.rename(renames) if renames else obj
+    out = rename_aliases(obj)
     for dim in schema.SPATIAL_DIMS:
         if dim not in out.dims:
             raise DambenchSchemaError(

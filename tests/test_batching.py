@@ -89,6 +89,7 @@ def test_dabatch_from_loader(test_ds):
     batch = interface.DABatch.from_loader(next(iter(make_dataloader(test_ds, batch_size=2))))
     assert batch.shape == (2, test_ds.sizes["channel"], H, W)
     assert batch.modality_present.shape == (2, 2)
+    assert batch.modality_mask.shape == batch.modalities.shape == (2, 2, H, W)
     assert batch.latitude.shape == (2, H) and batch.longitude.shape == (2, W)
     assert batch.latitude[0, 0].item() == 90.0 and batch.longitude[0, -1].item() == 358.5
 
@@ -389,6 +390,29 @@ def test_modalities_and_presence(test_ds):
     assert bare[0]["modality_present"].shape == (0,)
     batch = next(iter(make_dataloader(bare, batch_size=2)))
     assert batch["modalities"].shape == (2, 0, H, W) and batch["modality_present"].shape == (2, 0)
+
+
+def test_modality_mask_marks_the_cells_holding_data(test_ds):
+    """Per cell: 1 where the store's value is finite, whole globes, patches and batches alike;
+    0 everywhere for a selected modality the dataset lacks."""
+    finite = np.isfinite(test_ds["precip"].values)  # (T, H, W): a few stations per cycle
+    gauges = np.isfinite(test_ds["precip_gauges"].values)
+    dataset = DATorchDataset(test_ds, modalities=["precip", "olr", "precip_gauges"])
+    sample = dataset[1]
+    mask = sample["modality_mask"]
+    assert mask.shape == (3, H, W) and mask.dtype == torch.float32
+    np.testing.assert_array_equal(mask[0].numpy(), finite[1].astype(np.float32))
+    assert not mask[1].any() and np.array_equal(mask[2].numpy() == 1, gauges[1])
+    assert 0 < int(mask[0].sum()) < H * W
+    batch = next(iter(make_dataloader(dataset, batch_size=3)))
+    np.testing.assert_array_equal(batch["modality_mask"][:, 0].numpy(), finite[:3])
+    patches = DATorchDataset(test_ds, patch={"latitude": 11, "longitude": 12})
+    for index in (0, 5, patches.windows_per_time - 1):
+        patch = patches[index]
+        row, col = patch["origin"].tolist()
+        window = finite[0, row : row + 11, col : col + 12]
+        np.testing.assert_array_equal(patch["modality_mask"][0].numpy(), window)
+        assert patch["modality_present"][0].item() == float(window.any())
 
 
 def test_patch_samples_do_not_alias_the_cycle_cache(test_ds):

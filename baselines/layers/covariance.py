@@ -1,7 +1,8 @@
 """The background-error library: homogeneous, isotropic covariances on the sphere.
 
 Shared by the variational baselines (3D-Var, :mod:`baselines.models.threedvar`; VAE-Var's error
-scale and observation-error std).
+scale and observation-error std) and the score-based ones (SDA, SLAMS: their fits' checks and
+observation-error std).
 
 References
     Daley (1991), "Atmospheric Data Analysis", ch. 4-5 (isotropic correlation models, SOAR);
@@ -17,7 +18,10 @@ What is here
       the grid (:func:`zonal_kernel_spectrum`, :func:`spread_on_grid`);
     - :func:`fit_background_error`: per-channel ``sigma_b`` and length scale from error fields;
     - observation errors: :func:`observation_noise_of` (the noise recorded in a built dataset,
-      refused loudly when unreadable) and :func:`normalised_observation_error_std`.
+      refused loudly when unreadable) and :func:`normalised_observation_error_std`;
+    - what every fit reads: :func:`check_train_split` (the train split only),
+      :func:`channel_std`, :func:`cycle_indices` and :func:`normalised_errors` (``x_b - x*``
+      over ``std``, streamed by chunks of cycles).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError
@@ -171,8 +176,7 @@ def normalised_observation_error_std(
     names = list(channels)
     field_ = xr.DataArray(np.zeros(len(names)), dims=schema.CHANNEL, coords={schema.CHANNEL: names})
     table = noise_std(field_, noise)
-    std = stats["std"].sel({schema.CHANNEL: names}).values.astype(np.float64)
-    return np.array([table[c] for c in names], dtype=np.float64) / std
+    return np.array([table[c] for c in names], dtype=np.float64) / channel_std(stats, names)
 
 
 def _observe_keywords() -> set[str]:
@@ -235,6 +239,86 @@ def observation_noise_of(ds: xr.Dataset) -> Any:
             f"ds.attrs['observation'] records noise={noise!r}; expected 'default', a number, "
             "a mapping channel -> std or null. Rebuild the dataset or pass obs_error_std=."
         ) from err
+
+
+# --- what a fit may read: the train split -----------------------------------------------------
+
+
+def check_train_split(dataset: xr.Dataset, model: str, *, in_chans: int | None = None) -> list[str]:
+    """Refuse a dataset a fit must not read; return its channel names (dataset order).
+
+    Parameters
+    ----------
+    dataset
+        ``open_dataset(..., split="train")``: every cycle in the train split (its ``split``
+        coordinate, when present), with ``background`` and ``target``.
+    model
+        The model's name, for the messages (``"SDA"`` gives ``"SDA.fit ..."``).
+    in_chans
+        The channel count the model was built for; ``None``: any.
+
+    Raises
+    ------
+    DambenchInputError
+        Cycles of another split, a missing ``background``/``target``, or another channel count.
+    """
+    if "split" in dataset.coords:
+        splits = sorted({str(s) for s in np.asarray(dataset["split"].values).ravel()})
+        if splits != ["train"]:
+            raise DambenchInputError(
+                f"{model}.fit estimates its statistics on the train split only; the dataset has "
+                f"cycles of splits {splits}. Open it with open_dataset(..., split='train')."
+            )
+    for name in ("background", "target"):
+        if name not in dataset:
+            raise DambenchInputError(f"{model}.fit needs {name!r} in the dataset.")
+    channels = [str(c) for c in dataset[schema.CHANNEL].values]
+    if in_chans is not None and len(channels) != in_chans:
+        raise DambenchInputError(
+            f"{model} has {in_chans} channels; the dataset has {len(channels)}: {channels}."
+        )
+    return channels
+
+
+def channel_std(stats: xr.Dataset, channels: Sequence[str]) -> np.ndarray:
+    """``stats["std"]`` of ``channels`` (C,), float64, physical units; refuses missing channels."""
+    names = [str(c) for c in channels]
+    missing = sorted(set(names) - {str(c) for c in stats[schema.CHANNEL].values})
+    if missing:
+        raise DambenchInputError(f"stats lack channels {missing}; pass the dataset's statistics.")
+    return stats["std"].sel({schema.CHANNEL: names}).values.astype(np.float64)
+
+
+def cycle_indices(n_time: int, max_cycles: int | None) -> np.ndarray:
+    """All ``n_time`` cycle indices, or at most ``max_cycles`` evenly spaced ones."""
+    if max_cycles is None or max_cycles >= n_time:
+        return np.arange(n_time)
+    return np.unique(np.linspace(0, n_time - 1, max_cycles).round().astype(int))
+
+
+def normalised_errors(
+    dataset: xr.Dataset,
+    std: np.ndarray,
+    times: np.ndarray,
+    chunk: int,
+    *,
+    desc: str,
+    verbose: bool = False,
+) -> Iterator[np.ndarray]:
+    """Background errors ``(x_b - x*) / std`` (T, C, H, W), float64, normalised units, of the
+    cycles ``times``, ``chunk`` cycles at a time (a tqdm bar ``desc`` when ``verbose``).
+
+    ``std`` (C,) is the train-split std (:func:`channel_std`); NaN stays NaN.
+    """
+    for start in tqdm(range(0, times.size, chunk), desc=desc, disable=not verbose):
+        part = dataset[["background", "target"]].isel({schema.TIME: times[start : start + chunk]})
+        background = part["background"].transpose(*schema.CANONICAL_DIMS).values
+        target = part["target"].transpose(*schema.CANONICAL_DIMS).values
+        # normalised error: ((x_b - mean) - (x* - mean)) / std = (x_b - x*) / std
+        yield (background.astype(np.float64) - target) / std[None, :, None, None]
+
+
+# --- the background-error fit --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

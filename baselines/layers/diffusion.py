@@ -35,14 +35,24 @@ Members and seeds
     ``torch.Generator`` seeded from ``(S, k)`` (:func:`member_generator`), so a member does not
     depend on how many members are sampled at once.
 
+Divergence
+    Guidance is stiff (the stable step count grows as ``sigma_y`` falls; measured table in
+    :mod:`baselines.models.sda`): :func:`check_samples` raises :class:`SamplerDivergedError` for
+    samples that are not finite or exceed :data:`DIVERGENCE_LIMIT`, never returning them.
+
+Error statistics
+    :func:`background_error_std` and :func:`observation_error_std` give the Gaussian terms' stds
+    per channel, in normalised units, from the train split and the dataset's recorded noise.
+
 Deliberate deviations
     - No exponential moving average here: the training loop keeps one (``train.ema_decay``).
     - The trajectory (Markov-blanket) score of SDA is not implemented: window 1 only.
+    - :func:`standard_normal_eps` (the exact noise of an N(0, I) prior) is the skip connection
+      the models add to their network's output (see :mod:`baselines.models.sda`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,8 +61,13 @@ import numpy as np
 import torch
 import xarray as xr
 
+from baselines.layers.covariance import (
+    channel_std,
+    normalised_observation_error_std,
+    observation_noise_of,
+)
 from dambench import schema
-from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.exceptions import DambenchInputError, DambenchSamplingError
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``eps_fn(x_t, t)``: the noise predicted for ``x_t`` (N, ...) at time ``t`` (() or (N,))."""
@@ -63,8 +78,9 @@ DIVERGENCE_LIMIT = 1e3
 """Largest magnitude a sample may reach (normalised units) before the run counts as diverged."""
 
 
-class SamplerDivergedError(DambenchError, RuntimeError):
-    """Guided sampling blew up (non-finite or huge values): too few steps for the guidance."""
+class SamplerDivergedError(DambenchSamplingError):
+    """Guided sampling blew up (non-finite or huge values): too few steps for the guidance (a
+    :class:`~dambench.exceptions.DambenchSamplingError`, so a ``RuntimeError``)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,16 @@ def denoised(
     """The estimate ``x0_hat = (x_t - sigma(t) eps) / mu(t)``; ``t`` is () or (N,)."""
     t = torch.as_tensor(t).expand(x_t.shape[0])
     return (x_t - _per_sample(schedule.sigma(t), x_t) * eps) / _per_sample(schedule.mu(t), x_t)
+
+
+def denoised_at_random_time(eps_fn: EpsFn, x: torch.Tensor, schedule: VPSchedule) -> torch.Tensor:
+    """The estimate ``x0_hat`` (N, ...) of clean samples ``x`` (N, ...) noised to one time per
+    sample, ``t ~ U(0, 1)``, with noise from torch's global generator (differentiable): the
+    training-time pass of SDA and SLAMS, not an analysis."""
+    t = torch.rand(x.shape[0], device=x.device)
+    noise = torch.randn_like(x)
+    x_t = _per_sample(schedule.mu(t), x) * x + _per_sample(schedule.sigma(t), x) * noise
+    return denoised(x_t, eps_fn(x_t, t), t, schedule)
 
 
 @dataclass(frozen=True)
@@ -379,32 +405,14 @@ def sample_members(
 # --- error statistics measured on the train split ------------------------------------------------
 
 
-def check_train_split(dataset: xr.Dataset, model: str) -> None:
-    """Refuse a dataset whose cycles are not all in the train split (fit must not see others)."""
-    if "split" in dataset.coords:
-        splits = sorted({str(s) for s in np.asarray(dataset["split"].values).ravel()})
-        if splits != ["train"]:
-            raise DambenchInputError(
-                f"{model}.fit estimates its statistics on the train split only; the dataset has "
-                f"cycles of splits {splits}. Open it with open_dataset(..., split='train')."
-            )
-
-
-def _channel_std(dataset: xr.Dataset, stats: xr.Dataset) -> np.ndarray:
-    channels = [str(c) for c in dataset[schema.CHANNEL].values]
-    missing = sorted(set(channels) - {str(c) for c in stats[schema.CHANNEL].values})
-    if missing:
-        raise DambenchInputError(f"stats lack channels {missing}; pass the dataset's statistics.")
-    return stats["std"].sel({schema.CHANNEL: channels}).values.astype(np.float64)
-
-
 def background_error_std(dataset: xr.Dataset, stats: xr.Dataset) -> np.ndarray:
     """Per-channel RMS of the normalised background error ``(x_b - x*) / std``, (C,).
 
     The plain mean over every cycle and grid point (each grid point is one pixel of the
     Gaussian pseudo-observation, so no area weights); lazy inputs are reduced chunk by chunk.
     """
-    std = xr.DataArray(_channel_std(dataset, stats), dims=schema.CHANNEL)
+    channels = [str(c) for c in dataset[schema.CHANNEL].values]
+    std = xr.DataArray(channel_std(stats, channels), dims=schema.CHANNEL)
     error = (dataset["background"] - dataset["target"]) / std.values[:, None, None]
     msd = (error.astype(np.float64) ** 2).mean(dim=(schema.TIME, *schema.SPATIAL_DIMS))
     values = np.sqrt(np.asarray(msd.transpose(schema.CHANNEL).values, dtype=np.float64))
@@ -417,25 +425,12 @@ def background_error_std(dataset: xr.Dataset, stats: xr.Dataset) -> np.ndarray:
 
 
 def observation_error_std(dataset: xr.Dataset, stats: xr.Dataset, floor: float) -> np.ndarray:
-    """Per-channel observation-error std in normalised units, ``max(sigma_o / std, floor)``.
+    """Per-channel observation-error std in normalised units, ``max(sigma_o / std, floor)``, (C,).
 
-    ``sigma_o`` is the noise recorded in ``dataset.attrs["observation"]`` (a JSON object with a
-    ``noise`` entry, as :func:`dambench.observe.observe` takes it; ``"default"`` when absent:
-    :data:`dambench.schema.OBSERVATION_ERROR_STD`).
+    ``sigma_o`` is the noise recorded in ``dataset.attrs["observation"]``
+    (:func:`~baselines.layers.covariance.observation_noise_of`: a missing or unreadable record is
+    refused, never replaced by the default noise).
     """
-    from dambench.observe import noise_std
-
-    recorded = dataset.attrs.get("observation") or "{}"
-    try:
-        settings = json.loads(recorded) if isinstance(recorded, str) else dict(recorded)
-    except (TypeError, ValueError) as err:
-        raise DambenchInputError(
-            f"attrs['observation'] is not a JSON object: {recorded!r}"
-        ) from err
     channels = [str(c) for c in dataset[schema.CHANNEL].values]
-    names = xr.DataArray(
-        np.zeros(len(channels)), dims=schema.CHANNEL, coords={schema.CHANNEL: channels}
-    )
-    table = noise_std(names, settings.get("noise", "default"))
-    sigma = np.array([table[c] for c in channels], dtype=np.float64)
-    return np.maximum(sigma / _channel_std(dataset, stats), floor)
+    noise = observation_noise_of(dataset)
+    return np.maximum(normalised_observation_error_std(channels, stats, noise), floor)

@@ -10,7 +10,8 @@ representations pointwise, and decode a per-pixel Gaussian with pointwise MLPs:
 :class:`ObservationBackgroundFusion`
     The two encoders and the pointwise fusion ``[r_obs, r_bg]`` (2r) -> r. Its
     ``observation representation`` ``r_obs`` is where a multi-modal adapter's context enters
-    (``ModelInfo.adapter_entry = "observation_representation"``).
+    (``ModelInfo.adapter_entry = "observation_representation"``): ``encode(...,
+    obs_context=context.entry(slot))`` adds it before the fusion.
 :class:`GaussianDecoder`
     Pointwise MLP(s) from features to a raw mean and a raw std per channel: one MLP for both
     (upstream), or with ``detach_std`` a second MLP for the std on detached features, so that
@@ -88,20 +89,32 @@ class ObservationBackgroundFusion(nn.Module):
         self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, 1)
 
     def encode(
-        self, observation: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
+        self,
+        observation: torch.Tensor,
+        mask: torch.Tensor,
+        background: torch.Tensor,
+        obs_context: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(fused, r_obs, r_bg), each (B, r, H, W), from (B, C, H, W) observation (0 where
-        unobserved), mask (1 where observed) and background."""
+        unobserved), mask (1 where observed) and background. ``obs_context`` (the adapter
+        entry, :meth:`baselines.layers.adapter.AdapterContext.entry`) maps ``r_obs`` to
+        ``r_obs + context`` before the fusion."""
         r_obs = self.obs_encoder(observation, mask)  # (B, r, H, W)
+        if obs_context is not None:
+            r_obs = obs_context(r_obs)  # (B, r, H, W): the multi-modal context enters here
         r_bg = self.bg_encoder(background, torch.ones_like(background))  # (B, r, H, W)
         fused = self.fuse(torch.cat([r_obs, r_bg], dim=1))  # (B, r, H, W)
         return fused, r_obs, r_bg
 
     def forward(
-        self, observation: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
+        self,
+        observation: torch.Tensor,
+        mask: torch.Tensor,
+        background: torch.Tensor,
+        obs_context: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The fused representation (B, r, H, W)."""
-        return self.encode(observation, mask, background)[0]
+        """The fused representation (B, r, H, W) (``obs_context`` as in :meth:`encode`)."""
+        return self.encode(observation, mask, background, obs_context)[0]
 
 
 class GaussianDecoder(nn.Module):

@@ -53,7 +53,10 @@ Deliberate deviations
     - ``residual=True`` (``adas_small`` only) adds the background to the output and starts the
       patch recovery at zero, so the untrained model returns the background; upstream outputs the
       full state (``adas_tiny``/``adas_full``).
-    - ``batch.modalities`` are accepted and ignored (the multi-modal adapter is separate).
+    - ``batch.modalities`` are ignored by Adas itself. The multi-modal adapter
+      (``multi_adas_*``, :mod:`baselines.models.multi`) adds its context to the observation
+      stream's tokens right after their patch embedding (one slot of ``embed_dim x levels``
+      channels, :meth:`Adas.adapter_slots`), resized from the batch's grid to the token grid.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
+from baselines.layers.adapter import adapter_context
 from baselines.layers.channel_layout import SURFACE_CHANS, UPPER_VARS, ChannelLayout
 from baselines.layers.gaussian import check_batch
 from baselines.layers.sphere_pad import crop, pad_sphere, pad_to_size
@@ -142,6 +146,23 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1)  # (B, C, D, H, W) -> (B, D, H, W, C)
 
 
+def _patch_convs(
+    layout: ChannelLayout, embed_dim: int, patch: int, kernel: tuple[int, int], *, recover: bool
+) -> tuple[nn.Module | None, nn.Module | None]:
+    """(surface, upper) convolutions of a patch embedding (``recover=False``: Conv2d S -> d and
+    Conv3d V -> d) or recovery (transposed, d -> S and d -> V); ``None`` for an empty part.
+    The upper-air kernel is ``(1, kh, kw)`` with stride ``(1, p, p)``."""
+    s, v = layout.surface_chans, layout.upper_vars
+    conv2d, conv3d = (nn.ConvTranspose2d, nn.ConvTranspose3d) if recover else (nn.Conv2d, nn.Conv3d)
+
+    def io(chans: int) -> tuple[int, int]:
+        return (embed_dim, chans) if recover else (chans, embed_dim)
+
+    surface = conv2d(*io(s), kernel, stride=patch) if s else None  # built first (RNG order)
+    upper = conv3d(*io(v), (1, *kernel), stride=(1, patch, patch)) if layout.levels else None
+    return surface, upper
+
+
 class PatchEmbed3d(nn.Module):
     """Patch embedding of one stream to tokens (B, D, Hp, Wp, d), then LayerNorm over d.
 
@@ -154,13 +175,7 @@ class PatchEmbed3d(nn.Module):
     ) -> None:
         super().__init__()
         self.layout = layout
-        s, v = layout.surface_chans, layout.upper_vars
-        self.surface = nn.Conv2d(s, embed_dim, kernel, stride=patch) if s else None
-        self.upper = (
-            nn.Conv3d(v, embed_dim, (1, *kernel), stride=(1, patch, patch))
-            if layout.levels
-            else None
-        )
+        self.surface, self.upper = _patch_convs(layout, embed_dim, patch, kernel, recover=False)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,13 +197,7 @@ class PatchRecovery3d(nn.Module):
     ) -> None:
         super().__init__()
         self.layout = layout
-        s, v = layout.surface_chans, layout.upper_vars
-        self.surface = nn.ConvTranspose2d(embed_dim, s, kernel, stride=patch) if s else None
-        self.upper = (
-            nn.ConvTranspose3d(embed_dim, v, (1, *kernel), stride=(1, patch, patch))
-            if layout.levels
-            else None
-        )
+        self.surface, self.upper = _patch_convs(layout, embed_dim, patch, kernel, recover=True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = _channels_first(tokens)  # (B, d, D, Hp, Wp)
@@ -387,13 +396,22 @@ class Adas(BaselineModule):
             raise DambenchInputError(f"A {h} x {w} grid is too small for patch_size={p}.")
         return pad_to_size(x, size)
 
+    def adapter_slots(self) -> tuple[int, ...]:
+        """Channels of the adapter entry (``ModelInfo.adapter_entry``): the observation
+        stream's tokens, (B, d, D, Hp, Wp) channels-first, so ``d x D`` channels."""
+        return (self.pos_embed.shape[-1] * self.layout.depth,)
+
     def forward_features(self, batch: DABatch) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Decoder tokens (B, D, Hp, Wp, d) and the sphere pads applied to the input."""
+        """Decoder tokens (B, D, Hp, Wp, d) and the sphere pads applied to the input (with an
+        attached adapter's context added to the observation tokens)."""
         check_batch(batch, self.in_chans, type(self).__name__)
         fields = [batch.background, batch.observation, batch.mask]
         padded = [self._grid_pads(f) for f in fields]
         pads = padded[0][1]
         bg, obs, gate = (embed(f) for embed, (f, _) in zip(self.embeds, padded, strict=True))
+        context = adapter_context(self, batch)  # NO_CONTEXT without an adapter: adds nothing
+        if context.tokens is not None:  # (B, D, Hp, Wp, d), the layout the stages expect
+            obs = _channels_last(context.add(_channels_first(obs), slot=0)).contiguous()
         pos = resample_pos_embed(self.pos_embed, bg.shape[1:4])
         bg, obs, gate = bg + pos, obs + pos, torch.sigmoid(gate) + pos
         skips = []
@@ -406,7 +424,8 @@ class Adas(BaselineModule):
         return self.decoder(_channels_last(fused)), pads
 
     def forward(self, batch: DABatch) -> Analysis:
-        """The analysis (B, C, H, W) of a batch (normalised units; modalities ignored)."""
+        """The analysis (B, C, H, W) of a batch (normalised units; modalities are read only by
+        an attached adapter)."""
         tokens, pads = self.forward_features(batch)
         out = crop(self.recovery(tokens), pads)
         if self.residual:

@@ -48,7 +48,9 @@ Deliberate deviations
       (beta = 1) and a std decoder on detached features the mean learns as fast as under an MSE
       loss while the model still predicts a std. The ``*_full`` configs keep the upstream NLL.
     - ``norm_layer`` and ``act_layer`` are options (upstream: BatchNorm, ReLU).
-    - ``batch.modalities`` are accepted and ignored (the multi-modal adapter is separate).
+    - ``batch.modalities`` are ignored by ConvCNP itself. The multi-modal adapter
+      (``multi_convcnp_*``, :mod:`baselines.models.multi`) adds its context to the observation
+      representation ``r_obs`` (one slot of ``embed_dim`` channels, :meth:`adapter_slots`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import torch
 from torch import nn
 
 from baselines.interface import Analysis, BaselineModule, DABatch, ModelInfo
+from baselines.layers.adapter import adapter_context
 from baselines.layers.conv import ActName, NormName, ResConvBlock
 from baselines.layers.gaussian import (
     MIN_STD,
@@ -197,10 +200,19 @@ class ConvCNP(GaussianPredictive, BaselineModule):
         self.head = GaussianHead(min_std)
         self.nll_beta = nll_beta
 
+    def adapter_slots(self) -> tuple[int, ...]:
+        """Channels of the adapter entry (``ModelInfo.adapter_entry``): the observation
+        representation r_obs, (B, embed_dim, H, W)."""
+        return (self.embed_dim,)
+
     def forward_features(self, batch: DABatch) -> torch.Tensor:
-        """The fused representation (B, embed_dim, H, W) of observations and background."""
+        """The fused representation (B, embed_dim, H, W) of observations and background (with
+        an attached adapter's context added to the observation representation)."""
         check_batch(batch, self.in_chans, type(self).__name__)
-        return self.encoder(batch.observation, batch.mask, batch.background)  # (B, r, H, W)
+        context = adapter_context(self, batch)  # NO_CONTEXT without an adapter: adds nothing
+        return self.encoder(
+            batch.observation, batch.mask, batch.background, obs_context=context.entry(0)
+        )  # (B, r, H, W)
 
     def forward_head(self, features: torch.Tensor, background: torch.Tensor) -> Analysis:
         """(B, r, H, W) features -> Analysis with mean and std (B, C, H, W)."""
@@ -217,7 +229,8 @@ class ConvCNP(GaussianPredictive, BaselineModule):
         ----------
         batch
             ``background``, ``observation`` (0 where unobserved) and ``mask`` (1 where observed),
-            each (B, C, H, W) in normalised units; ``modalities`` are ignored.
+            each (B, C, H, W) in normalised units; ``modalities`` (B, M, H, W) and
+            ``modality_present`` (B, M) are read only by an attached adapter.
 
         Returns
         -------

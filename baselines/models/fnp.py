@@ -60,18 +60,22 @@ Deliberate deviations
       untrained model returns the background and training starts from it.
     - ``channel_groups`` is an argument; its default follows the schema layout when C = 4 + 13 k
       (the surface block, then one group per upper-air variable) and is one group otherwise.
-    - ``batch.modalities`` are accepted and ignored (the multi-modal adapter is separate).
+    - ``batch.modalities`` are ignored by FNP itself. The multi-modal adapter (``multi_fnp_*``,
+      :mod:`baselines.models.multi`) adds its context to the observation representation of every
+      branch before its fusion (one slot of ``embed_dim`` channels per group branch, then one
+      for the all-variable branch, :meth:`FNP.adapter_slots`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from baselines.interface import Analysis, BaselineModule, DABatch, ModelInfo
+from baselines.layers.adapter import adapter_context
 from baselines.layers.conv import ActName, NormName, ResConvBlock, SphereConv2d
 from baselines.layers.gaussian import (
     MIN_STD,
@@ -285,10 +289,16 @@ class FNPBranch(ObservationBackgroundFusion):
         self.merge = SphereConv2d(2 * embed_dim, embed_dim, kernel_size) if use_dam else None
 
     def forward(
-        self, observation: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
+        self,
+        observation: torch.Tensor,
+        mask: torch.Tensor,
+        background: torch.Tensor,
+        obs_context: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """(B, c, H, W) observation, mask and background -> (B, r, H, W) representation."""
-        fused, r_obs, r_bg = self.encode(observation, mask, background)  # 3 x (B, r, H, W)
+        """(B, c, H, W) observation, mask and background -> (B, r, H, W) representation
+        (``obs_context``: the adapter entry on the observation representation, see
+        :meth:`~baselines.layers.np_blocks.ObservationBackgroundFusion.encode`)."""
+        fused, r_obs, r_bg = self.encode(observation, mask, background, obs_context)
         if self.merge is None:
             return fused
         with torch.no_grad():
@@ -404,15 +414,26 @@ class FNP(GaussianPredictive, BaselineModule):
         bounds = torch.tensor([0, *self.channel_groups]).cumsum(0).tolist()
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
+    def adapter_slots(self) -> tuple[int, ...]:
+        """Channels of the adapter entries (``ModelInfo.adapter_entry``): the observation
+        representation (B, embed_dim, H, W) of each group branch, then of the all-variable
+        branch."""
+        return (self.embed_dim,) * (len(self.channel_groups) + 1)
+
     def forward_features(self, batch: DABatch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-group representations [(B, r, H, W)] and the all-variable one (B, r, H, W)."""
+        """Per-group representations [(B, r, H, W)] and the all-variable one (B, r, H, W) (with
+        an attached adapter's context added to each branch's observation representation)."""
         check_batch(batch, self.in_chans, type(self).__name__)
         obs, mask, bg = batch.observation, batch.mask, batch.background
+        context = adapter_context(self, batch)  # NO_CONTEXT without an adapter: adds nothing
         groups = [
-            branch(obs[:, s], mask[:, s], bg[:, s])  # (B, r, H, W)
-            for branch, s in zip(self.group_branches, self._group_slices(), strict=True)
+            branch(obs[:, s], mask[:, s], bg[:, s], obs_context=context.entry(k))  # (B, r, H, W)
+            for k, (branch, s) in enumerate(
+                zip(self.group_branches, self._group_slices(), strict=True)
+            )
         ]
-        return groups, self.all_branch(obs, mask, bg)
+        r_all = self.all_branch(obs, mask, bg, obs_context=context.entry(len(groups)))
+        return groups, r_all
 
     def forward_head(
         self, groups: list[torch.Tensor], r_all: torch.Tensor, background: torch.Tensor
@@ -435,7 +456,8 @@ class FNP(GaussianPredictive, BaselineModule):
         ----------
         batch
             ``background``, ``observation`` (0 where unobserved) and ``mask`` (1 where observed),
-            each (B, C, H, W) in normalised units; ``modalities`` are ignored.
+            each (B, C, H, W) in normalised units; ``modalities`` (B, M, H, W) and
+            ``modality_present`` (B, M) are read only by an attached adapter.
 
         Returns
         -------

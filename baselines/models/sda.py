@@ -24,6 +24,15 @@ Method
     conditional score ``eps_phi([x_t || x_b], t)`` (the option of section 6.5) and only the
     observations guide.
 
+Multi-modal adapter (``multi_sda_*``)
+    The adapter's context is added to the score network's conditioning: the context channels
+    become ``x_b + context`` (one slot of ``in_chans`` channels, :meth:`SDA.adapter_slots`) in
+    ``loss``, ``forward`` and ``analyse``. That needs ``background="context"``: the
+    ``multi_sda_*`` models build their host with it (:data:`SDA.adapter_host_kwargs`), and an
+    explicit ``background="guidance"`` is refused (the guidance model has no conditioning to
+    enter). A ``multi_sda`` fine-tuned from a checkpoint therefore needs an SDA trained with
+    ``background: context``, not the default ``sda_*`` configs' guidance model.
+
     ``analyse(batch, members=N, seed=S)`` returns ``N`` members drawn with independent noise
     (member ``k`` from a generator seeded by ``(S, k)``), ``member_batch`` at a time; without
     ``members`` it draws the model's default ``members`` (an ensemble model's analysis is the
@@ -49,88 +58,66 @@ Deliberate deviations
       ``(x_t - sigma eps) / mu`` of a random network is off by up to ``1 / eta``).
     - No EMA inside the model: ``train.ema_decay`` in the config keeps one (the paper's code
       trains without; diffusion models are customarily evaluated with averaged weights).
-    - The observation std has a floor (default 0.01 normalised units): guidance with a smaller
-      ``sigma_y`` is too stiff for the default steps (measured in the tests' linear-Gaussian
-      problem: at 64 steps, ``sigma_y = 0.01`` and ``gamma = 1e-2`` diverge; 256 steps do not).
-      A diverged run raises :class:`~baselines.layers.diffusion.SamplerDivergedError`.
+    - The observation std has a floor (default 0.01 normalised units), and a run whose samples
+      blow up raises :class:`~baselines.layers.diffusion.SamplerDivergedError` instead of
+      returning them.
+
+Stability (measured)
+    Gaussian guidance is stiff: the predictor is stable only when ``sigma_o`` is large enough for
+    the step count. Smallest stable ``sigma_o`` with an N(0, 1) prior, a background term
+    (``sigma_b = 0.5``) everywhere and 5 % observed points:
+
+    =========  ========  ========  ========  ========  =========
+    gamma      8 steps   16 steps  32 steps  64 steps  128 steps
+    =========  ========  ========  ========  ========  =========
+    1e-3       0.3       0.15      0.1       0.07      0.05
+    1e-2       0.2       0.15      0.1       0.05      0.03
+    1e-1       0.15      0.05      <= 0.02   <= 0.02   <= 0.02
+    =========  ========  ========  ========  ========  =========
+
+    At the paper's 256 steps and ``gamma = 1e-2``, ``sigma_o = 0.01`` was stable in the tests'
+    correlated linear-Gaussian problem. The CPU-sized ``*_small`` variants run 32 steps and so
+    use ``gamma = 0.1`` (era5-sample's t2m has ``sigma_o = 0.045``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import xarray as xr
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
+from baselines.layers.adapter import adapter_context
+from baselines.layers.covariance import check_train_split
 from baselines.layers.diffusion import (
     GaussianObservation,
-    SamplerSettings,
-    VPSchedule,
     background_error_std,
-    check_samples,
-    check_train_split,
-    denoised,
-    denoising_loss,
-    fixed_denoising_loss,
+    denoised_at_random_time,
     observation_error_std,
-    sample,
-    sample_members,
     standard_normal_eps,
+)
+from baselines.layers.ensemble import (
+    DEFAULT_OBSERVATION_STD_FLOOR,
+    ScoreEnsemble,
+    channel_vector,
+    check_state_batch,
 )
 from baselines.layers.unet import ScoreUNet
 from baselines.registry import register_variants
 from dambench.exceptions import DambenchInputError
 
-__all__ = ["SDA", "channel_vector", "check_state_batch"]
+__all__ = ["SDA"]
 
 BackgroundMode = Literal["guidance", "context"]
 BACKGROUND_MODES: tuple[str, ...] = ("guidance", "context")
-DEFAULT_OBSERVATION_STD_FLOOR = 0.01
-VALIDATION_TIMES = 4
-"""Stratified times of the deterministic validation loss (eval mode)."""
-
-
-# --- building blocks ---------------------------------------------------------------------------
-
-
-def channel_vector(values: float | Sequence[float] | None, n: int, name: str) -> torch.Tensor:
-    """(n,) float32 from one value or n values; all NaN (unfitted) when ``values`` is None."""
-    if values is None:
-        return torch.full((n,), float("nan"))
-    out = torch.as_tensor(values, dtype=torch.float32).flatten()
-    if out.numel() == 1:
-        out = out.expand(n).clone()
-    if out.numel() != n or not bool(torch.all(out > 0)):
-        raise DambenchInputError(
-            f"{name} needs one positive value or {n} positive values (one per channel); got "
-            f"{out.tolist()}."
-        )
-    return out
-
-
-def check_state_batch(batch: DABatch, in_chans: int, model: str, *, target: bool) -> None:
-    """Refuse a batch whose fields are not (B, in_chans, H, W) alike (and without a target when
-    ``target``)."""
-    shape = tuple(batch.background.shape)
-    if len(shape) != 4 or shape[1] != in_chans:
-        raise DambenchInputError(f"{model} expects (B, {in_chans}, H, W) fields; got {shape}.")
-    for name in ("observation", "mask", *(["target"] if target else [])):
-        value = getattr(batch, name)
-        if value is None or tuple(value.shape) != shape:
-            found = None if value is None else tuple(value.shape)
-            raise DambenchInputError(f"{model} needs batch.{name} of shape {shape}; got {found}.")
-
-
-def _as_float_list(value: torch.Tensor) -> list[float]:
-    return [float(v) for v in value.tolist()]
 
 
 # --- model -------------------------------------------------------------------------------------
 
 
-class SDA(BaselineModule):
+class SDA(ScoreEnsemble, BaselineModule):
     """Score-based data assimilation in state space (see the module docstring).
 
     Parameters
@@ -155,6 +142,10 @@ class SDA(BaselineModule):
         Lower bound of ``sigma_o`` (normalised units).
     """
 
+    adapter_host_kwargs: ClassVar[dict[str, Any]] = {"background": "context"}
+    """Host settings a multi-modal adapter needs (the ``multi_sda_*`` models' defaults)."""
+    fitted_buffers = statistic_buffers = ("background_std", "observation_std")
+
     def __init__(
         self,
         in_chans: int = 69,
@@ -177,16 +168,13 @@ class SDA(BaselineModule):
         super().__init__()
         if background not in BACKGROUND_MODES:
             raise DambenchInputError(f"background={background!r}; choose from {BACKGROUND_MODES}.")
-        if members < 1 or member_batch < 1 or not observation_std_floor > 0:
+        if not observation_std_floor > 0:
             raise DambenchInputError(
-                f"Need members >= 1, member_batch >= 1, observation_std_floor > 0; got "
-                f"{members=}, {member_batch=}, {observation_std_floor=}."
+                f"Need observation_std_floor > 0; got {observation_std_floor}."
             )
         self.in_chans, self.background = in_chans, background
-        self.members, self.member_batch = members, member_batch
         self.observation_std_floor = float(observation_std_floor)
-        self.schedule = VPSchedule(eta)
-        self.sampler = SamplerSettings(steps=steps, corrections=corrections, tau=tau, gamma=gamma)
+        self.set_sampling(eta, steps, corrections, tau, gamma, members, member_batch)
         context = in_chans if background == "context" else 0
         self.unet = ScoreUNet(
             in_chans + context,
@@ -198,16 +186,45 @@ class SDA(BaselineModule):
             zero_init_tail=True,
         )
         self.register_buffer("background_std", channel_vector(background_std, in_chans, "sigma_b"))
-        obs = channel_vector(observation_std, in_chans, "observation_std")
-        self.register_buffer("observation_std", obs.clamp(min=self.observation_std_floor))
+        floor = self.observation_std_floor
+        obs = channel_vector(observation_std, in_chans, "observation_std", floor=floor)
+        self.register_buffer("observation_std", obs)
+
+    # - the multi-modal adapter's entry -
+
+    def adapter_slots(self) -> tuple[int, ...]:
+        """Channels of the adapter entry (``ModelInfo.adapter_entry``): the score network's
+        context channels, (B, in_chans, H, W).
+
+        Raises
+        ------
+        DambenchInputError
+            In ``"guidance"`` mode: the network has no context channels.
+        """
+        if self.background != "context":
+            raise DambenchInputError(
+                f"The multi-modal adapter conditions SDA's score network through its context "
+                f"channels, which need background='context'; this SDA has "
+                f"background={self.background!r}. Leave model.kwargs.background out of a "
+                "multi_sda_* config (it defaults to 'context') or set it to 'context'."
+            )
+        return (self.in_chans,)
+
+    def conditioning(self, batch: DABatch) -> torch.Tensor:
+        """The context channels (B, C, H, W): ``batch.background``, plus an attached
+        adapter's context (read only in ``"context"`` mode)."""
+        return adapter_context(self, batch).add(batch.background, slot=0)
 
     # - the prior -
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, background: torch.Tensor | None):
-        """Predicted noise (N, C, H, W) for ``x_t`` at ``t``; ``background`` (N, C, H, W) is
-        the context in ``"context"`` mode and ignored otherwise."""
+        """Predicted noise (N, C, H, W) for ``x_t`` at ``t``; ``background`` (B, C, H, W) is
+        the context in ``"context"`` mode (tiled member-major when ``x_t`` stacks ``N / B``
+        copies of the batch) and ignored otherwise."""
         if self.background == "context":
-            x_t = torch.cat([x_t, background], dim=1)  # (N, 2C, H, W)
+            copies = x_t.shape[0] // background.shape[0]
+            context = background if copies == 1 else background.repeat(copies, 1, 1, 1)
+            x_t = torch.cat([x_t, context], dim=1)  # (N, 2C, H, W)
         return standard_normal_eps(x_t[:, : self.in_chans], t, self.schedule) + self.unet(x_t, t)
 
     def loss(self, batch: DABatch) -> LossAndDiagnostics:
@@ -216,27 +233,16 @@ class SDA(BaselineModule):
         (:func:`~baselines.layers.diffusion.fixed_denoising_loss`), so validation losses of
         different epochs compare."""
         check_state_batch(batch, self.in_chans, type(self).__name__, target=True)
-        context = batch.background
-        if self.training:
-            eps_fn = lambda x, t: self.eps(x, t, context)  # noqa: E731
-            loss = denoising_loss(eps_fn, batch.target, self.schedule)
-        else:
-            times = VALIDATION_TIMES
-            context = context.repeat(times, 1, 1, 1)  # (K B, C, H, W)
-            eps_fn = lambda x, t: self.eps(x, t, context)  # noqa: E731
-            loss = fixed_denoising_loss(eps_fn, batch.target, self.schedule, times=times)
+        context = self.conditioning(batch)
+        loss = self.denoising_objective(lambda x, t: self.eps(x, t, context), batch.target)
         return LossAndDiagnostics(loss, {"denoising": float(loss.detach())})
 
     def forward(self, batch: DABatch) -> Analysis:
         """The training-time pass: ``x0_hat`` (B, C, H, W) of the target noised to one random
         time per sample (not an analysis; use :meth:`analyse`)."""
         check_state_batch(batch, self.in_chans, type(self).__name__, target=True)
-        target = batch.target
-        t = torch.rand(target.shape[0], device=target.device)
-        mu = self.schedule.mu(t).to(target).reshape(-1, 1, 1, 1)
-        sigma = self.schedule.sigma(t).to(target).reshape(-1, 1, 1, 1)
-        x_t = mu * target + sigma * torch.randn_like(target)
-        return Analysis(mean=denoised(x_t, self.eps(x_t, t, batch.background), t, self.schedule))
+        eps_fn = lambda x, t: self.eps(x, t, self.conditioning(batch))  # noqa: E731
+        return Analysis(mean=denoised_at_random_time(eps_fn, batch.target, self.schedule))
 
     # - fitting -
 
@@ -253,31 +259,12 @@ class SDA(BaselineModule):
         verbose
             Unused (the fit is two reductions).
         """
-        check_train_split(dataset, type(self).__name__)
-        if dataset.sizes["channel"] != self.in_chans:
-            raise DambenchInputError(
-                f"{type(self).__name__} has {self.in_chans} channels; the dataset has "
-                f"{dataset.sizes['channel']}."
-            )
+        check_train_split(dataset, type(self).__name__, in_chans=self.in_chans)
         sigma_b = background_error_std(dataset, stats)
         sigma_o = observation_error_std(dataset, stats, self.observation_std_floor)
         self.background_std.copy_(torch.as_tensor(sigma_b, dtype=torch.float32))
         self.observation_std.copy_(torch.as_tensor(sigma_o, dtype=torch.float32))
         return self
-
-    @property
-    def fitted(self) -> bool:
-        """Whether ``sigma_b`` and ``sigma_o`` are set (by :meth:`fit` or the constructor)."""
-        return bool(torch.isfinite(self.background_std).all()) and bool(
-            torch.isfinite(self.observation_std).all()
-        )
-
-    def fitted_statistics(self) -> dict[str, list[float]]:
-        """``sigma_b`` and ``sigma_o`` per channel, normalised units."""
-        return {
-            "background_std": _as_float_list(self.background_std),
-            "observation_std": _as_float_list(self.observation_std),
-        }
 
     # - inference -
 
@@ -298,53 +285,21 @@ class SDA(BaselineModule):
         """``members`` (default ``self.members``) posterior samples (B, N, C, H, W) from seed
         ``seed``, their mean and spread; gradients are enabled inside (guidance), whatever the
         caller's grad mode."""
-        name = type(self).__name__
-        check_state_batch(batch, self.in_chans, name, target=False)
-        if not self.fitted:
-            raise DambenchInputError(
-                f"{name} is not fitted: call fit(train_dataset, stats) (train.py does) or pass "
-                "background_std and observation_std."
-            )
+        self.check_analysable(batch)
         terms = self.observation_terms(batch)
-        shape = tuple(batch.background.shape)
-
-        def draw(generators: list[torch.Generator]) -> torch.Tensor:
-            n = len(generators)
-            context = batch.background.repeat(n, 1, 1, 1)  # (n B, C, H, W)
-            return sample(
-                lambda x, t: self.eps(x, t, context),
-                shape,
-                generators,
-                self.schedule,
-                self.sampler,
-                [term.repeat(n) for term in terms],
-                device=batch.background.device,
-                dtype=batch.background.dtype,
-            )
-
-        count = self.members if members is None else int(members)
-        out = sample_members(draw, count, self.member_batch, seed, batch.background.device)
-        check_samples(out, self.sampler, name)
-        return Analysis.from_members(out)
-
-    def sampling_cost(self) -> dict[str, Any]:
-        """What one member costs: sampler steps, corrector steps and network evaluations (each
-        with a backward pass through the network for the guidance)."""
-        return {
-            "steps": self.sampler.steps,
-            "corrections": self.sampler.corrections,
-            "network_evaluations_per_member": self.sampler.network_evaluations(),
-            "backward_passes_per_member": self.sampler.network_evaluations(),
-            "default_members": self.members,
-            "member_batch": self.member_batch,
-        }
+        with torch.no_grad():
+            context = self.conditioning(batch)  # (B, C, H, W)
+        return self.sample_ensemble(
+            lambda x, t: self.eps(x, t, context),
+            tuple(batch.background.shape),
+            terms,
+            batch.background,
+            members=members,
+            seed=seed,
+        )
 
 
 # --- registered variants (configs as data) ------------------------------------------------------
-
-
-def _create_sda(**kwargs: Any) -> SDA:
-    return SDA(**kwargs)
 
 
 INFO = ModelInfo(
@@ -361,7 +316,7 @@ INFO = ModelInfo(
 )
 
 register_variants(
-    _create_sda,
+    SDA,
     {
         "sda_tiny": (
             "CPU-test size: hidden (8, 16), 1 block per level, 8 steps, gamma 0.1, 2 members; "

@@ -30,11 +30,20 @@ Method
        :mod:`baselines.models.sda`.
 
 Modalities
-    ``batch.modalities`` (B, M, H, W) in model space and ``batch.modality_present`` (B, M): an
-    absent modality is multiplied by 0 **and** flagged absent by its presence channel (a
-    broadcast of its flag), so the encoder can tell "absent" from "zero". ``M`` must equal
+    ``batch.modalities`` (B, M, H, W) in model space, with their per-cell presence
+    (:meth:`~baselines.interface.DABatch.modality_cells`: the loader's ``modality_mask`` within
+    the sample's ``modality_present``): a cell without data is multiplied by 0 **and** flagged
+    absent by its presence channel, so the encoder can tell "absent" from "zero" (a present
+    value equal to the train-split mean is 0 in model space). ``M`` must equal
     ``modality_chans``; a batch without modalities (``None`` or ``M = 0``, e.g. a dataset that
     has none) counts as all absent.
+
+Multi-modal adapter (``multi_slams_*``)
+    Its context is added to the encoder input (clean and DA alike). The autoencoder is frozen
+    after stage 1, so ``loss`` adds stage 1's objective (diagnostic ``adapter_reconstruction``),
+    which trains the adapter only; ``fit`` does not update an attached adapter (a host
+    checkpoint loaded afterwards starts at the host, bit for bit). Not re-measured: ``m``,
+    ``s`` and ``sigma_z`` are ``fit``'s, taken before the adapter learns.
 
 Training entry points
     ``fit`` trains the autoencoder (stage 1) and measures ``sigma_o``, ``m``, ``s`` and
@@ -51,6 +60,11 @@ Deliberate deviations
     - Latents are standardised before the prior sees them (upstream uses them raw).
     - Window 1 (no trajectory score); the observation-std floor, the prior skip connection and
       the zero-initialised UNet tail as in :mod:`baselines.models.sda`.
+    - Stability: as for SDA (its module notes) the guidance is stiff. A trained latent prior is
+      stiffer than N(0, 1): at 32 steps and ``gamma = 0.1`` the guided sampling of
+      ``slams_small`` diverged on era5-sample's test split (with and without the pixel term),
+      so ``slams_small`` uses ``gamma = 1``. The pixel term's ``gamma (sigma / mu)**2`` is not
+      scaled by the decoder's Jacobian (SDA's ``A A^T = I`` assumption, taken as is).
     - ``sigma_z`` is measured on the train split (``fit`` sees only it; section 7.5 suggests
       validation data), which makes it optimistic: the autoencoder was trained on these cycles.
 """
@@ -59,6 +73,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,37 +82,51 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
+from baselines.layers.adapter import adapter_context, has_adapter
 from baselines.layers.conv import NormName, SphereConv2d, get_norm_layer
+from baselines.layers.covariance import check_train_split
 from baselines.layers.diffusion import (
     GaussianObservation,
-    SamplerSettings,
-    VPSchedule,
-    check_samples,
-    check_train_split,
-    denoised,
-    denoising_loss,
-    fixed_denoising_loss,
+    denoised_at_random_time,
     observation_error_std,
-    sample,
-    sample_members,
     standard_normal_eps,
 )
-from baselines.layers.unet import ScoreUNet
-from baselines.models.sda import (
+from baselines.layers.ensemble import (
     DEFAULT_OBSERVATION_STD_FLOOR,
-    VALIDATION_TIMES,
+    ScoreEnsemble,
     channel_vector,
     check_state_batch,
 )
+from baselines.layers.unet import ScoreUNet
 from baselines.registry import register_variants
 from dambench.exceptions import DambenchInputError
 
-__all__ = ["SLAMS", "ConvStack"]
+__all__ = ["SLAMS", "AutoencoderTraining", "ConvStack"]
 
 logger = logging.getLogger(__name__)
 
 
 # --- building blocks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderTraining:
+    """How :meth:`SLAMS.fit` trains the autoencoder: AdamW at ``lr`` decaying linearly to 0
+    over ``epochs`` (upstream: 64 epochs, lr 2e-4, weight decay 1e-3, batch 64), batches of
+    ``batch_size`` cycles shuffled from ``seed`` with fresh observations every epoch."""
+
+    epochs: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.seed < 0 or not self.lr > 0:
+            raise DambenchInputError(
+                f"Autoencoder training needs ae_epochs >= 1, ae_batch_size >= 1, ae_seed >= 0 "
+                f"and ae_lr > 0; got {self}."
+            )
 
 
 class ConvStack(nn.Sequential):
@@ -114,7 +143,8 @@ class ConvStack(nn.Sequential):
 
 
 def _modalities(batch: DABatch, modality_chans: int, model: str) -> torch.Tensor:
-    """(B, 2 M, H, W): the modalities times their presence, then the presence channels."""
+    """(B, 2 M, H, W): the modalities times their per-cell presence, then the presence
+    channels (:meth:`~baselines.interface.DABatch.modality_cells`)."""
     b, _, h, w = batch.background.shape
     like = batch.background
     if batch.modalities is None or batch.modalities.shape[1] == 0:  # none given: all absent
@@ -128,14 +158,14 @@ def _modalities(batch: DABatch, modality_chans: int, model: str) -> torch.Tensor
             f"{found} and {None if present is None else tuple(present.shape)}. Set "
             f"model.kwargs.modality_chans to the loader's modality count."
         )
-    flags = present.to(like)[:, :, None, None]  # (B, M, 1, 1)
-    return torch.cat([batch.modalities.to(like) * flags, flags.expand(b, -1, h, w)], dim=1)
+    cells = batch.modality_cells().to(like)  # (B, M, H, W): 1 where a cell holds data
+    return torch.cat([batch.modalities.to(like) * cells, cells], dim=1)
 
 
 # --- model -------------------------------------------------------------------------------------
 
 
-class SLAMS(BaselineModule):
+class SLAMS(ScoreEnsemble, BaselineModule):
     """Score-based latent assimilation (see the module docstring).
 
     Parameters
@@ -163,6 +193,9 @@ class SLAMS(BaselineModule):
     ae_epochs, ae_lr, ae_weight_decay, ae_batch_size, ae_seed
         Autoencoder training in :meth:`fit`.
     """
+
+    fitted_buffers = ("observation_std", "latent_std")
+    statistic_buffers = ("observation_std", "latent_std", "latent_mean", "latent_scale")
 
     def __init__(
         self,
@@ -196,60 +229,44 @@ class SLAMS(BaselineModule):
         ae_seed: int = 0,
     ) -> None:
         super().__init__()
-        if (
-            min(members, member_batch, ae_epochs, ae_batch_size, latent_chans) < 1
-            or min(modality_chans, ae_seed) < 0
-        ):
+        if latent_chans < 1 or modality_chans < 0:
             raise DambenchInputError(
-                "SLAMS needs members, member_batch, ae_epochs, ae_batch_size, latent_chans >= 1 "
-                f"and modality_chans, ae_seed >= 0; got {members=}, {member_batch=}, "
-                f"{ae_epochs=}, {ae_batch_size=}, {latent_chans=}, {modality_chans=}, {ae_seed=}."
+                f"SLAMS needs latent_chans >= 1 and modality_chans >= 0; got {latent_chans=}, "
+                f"{modality_chans=}."
             )
         if not (observation_std_floor > 0 and latent_std_floor > 0):
             raise DambenchInputError("observation_std_floor and latent_std_floor must be > 0.")
-        self.in_chans, self.modality_chans, self.latent_chans = (
-            in_chans,
-            modality_chans,
-            latent_chans,
-        )
-        self.pixel_guidance = pixel_guidance
-        self.members, self.member_batch = members, member_batch
+        self.in_chans, self.modality_chans = in_chans, modality_chans
+        self.latent_chans, self.pixel_guidance = latent_chans, pixel_guidance
         self.floors = (float(observation_std_floor), float(latent_std_floor))
-        self.ae_settings = {
-            "epochs": ae_epochs,
-            "lr": ae_lr,
-            "weight_decay": ae_weight_decay,
-            "batch_size": ae_batch_size,
-            "seed": ae_seed,
-        }
-        self.schedule = VPSchedule(eta)
-        self.sampler = SamplerSettings(steps=steps, corrections=corrections, tau=tau, gamma=gamma)
-        widths = list(encoder_channels)
-        self.encoder = ConvStack(
-            [3 * in_chans + 2 * modality_chans, *widths, latent_chans], ae_kernel_size, norm_layer
+        self.ae_training = AutoencoderTraining(
+            epochs=ae_epochs,
+            lr=ae_lr,
+            weight_decay=ae_weight_decay,
+            batch_size=ae_batch_size,
+            seed=ae_seed,
         )
-        self.decoder = ConvStack(
-            [latent_chans, *reversed(widths), in_chans], ae_kernel_size, norm_layer
-        )
-        self.encoder.requires_grad_(False)
-        self.decoder.requires_grad_(False)
+        self.set_sampling(eta, steps, corrections, tau, gamma, members, member_batch)
+        widths = [3 * in_chans + 2 * modality_chans, *encoder_channels, latent_chans]
+        self.encoder = ConvStack(widths, ae_kernel_size, norm_layer).requires_grad_(False)
+        decoder_widths = [latent_chans, *reversed(list(encoder_channels)), in_chans]
+        self.decoder = ConvStack(decoder_widths, ae_kernel_size, norm_layer).requires_grad_(False)
+        unet = (hidden_channels, hidden_blocks, embed_dim, kernel_size)
         self.unet = ScoreUNet(
-            latent_chans,
-            latent_chans,
-            hidden_channels,
-            hidden_blocks,
-            embed_dim,
-            kernel_size,
-            layer_norm=layer_norm,
-            zero_init_tail=True,
+            latent_chans, latent_chans, *unet, layer_norm=layer_norm, zero_init_tail=True
         )
-        obs = channel_vector(observation_std, in_chans, "observation_std")
-        self.register_buffer("observation_std", obs.clamp(min=self.floors[0]))
-        latent = channel_vector(latent_std, latent_chans, "latent_std")
-        self.register_buffer("latent_std", latent.clamp(min=self.floors[1]))
-        self.register_buffer("latent_mean", torch.zeros(latent_chans))
-        self.register_buffer("latent_scale", torch.ones(latent_chans))
+        self._register_statistics(observation_std, latent_std)
         self.train()
+
+    def _register_statistics(self, observation_std, latent_std) -> None:
+        obs = channel_vector(
+            observation_std, self.in_chans, "observation_std", floor=self.floors[0]
+        )
+        self.register_buffer("observation_std", obs)
+        latent = channel_vector(latent_std, self.latent_chans, "latent_std", floor=self.floors[1])
+        self.register_buffer("latent_std", latent)
+        self.register_buffer("latent_mean", torch.zeros(self.latent_chans))
+        self.register_buffer("latent_scale", torch.ones(self.latent_chans))
 
     def train(self, mode: bool = True) -> SLAMS:
         """Set the training mode of the score network; the frozen autoencoder stays in eval
@@ -261,11 +278,18 @@ class SLAMS(BaselineModule):
 
     # - autoencoder -
 
+    def adapter_slots(self) -> tuple[int, ...]:
+        """Channels of the adapter entry (``ModelInfo.adapter_entry``): the encoder input,
+        (B, 3 C + 2 M, H, W)."""
+        return (3 * self.in_chans + 2 * self.modality_chans,)
+
     def encode(self, state, observation, mask, batch: DABatch) -> torch.Tensor:
         """Standardised latents (B, latent_chans, H, W) of the slots and the batch's
-        modalities."""
+        modalities (with an attached adapter's context added to the encoder input)."""
         extra = _modalities(batch, self.modality_chans, type(self).__name__)
-        h = self.encoder(torch.cat([state, observation, mask, extra], dim=1))  # (B, Cz, H, W)
+        x = torch.cat([state, observation, mask, extra], dim=1)  # (B, 3 C + 2 M, H, W)
+        x = adapter_context(self, batch).add(x, slot=0)  # the identity without an adapter
+        h = self.encoder(x)  # (B, Cz, H, W)
         return (h - self.latent_mean[:, None, None]) / self.latent_scale[:, None, None]
 
     def clean_latent(self, batch: DABatch) -> torch.Tensor:
@@ -291,13 +315,25 @@ class SLAMS(BaselineModule):
         """Denoising loss on the clean latents (random in training mode; the deterministic
         estimate in eval mode, as :meth:`baselines.models.sda.SDA.loss`)."""
         check_state_batch(batch, self.in_chans, type(self).__name__, target=True)
-        with torch.no_grad():
-            z = self.clean_latent(batch)
-        if self.training:
-            loss = denoising_loss(self.eps, z, self.schedule)
-        else:
-            loss = fixed_denoising_loss(self.eps, z, self.schedule, times=VALIDATION_TIMES)
-        return LossAndDiagnostics(loss, {"denoising": float(loss.detach())})
+        adapted = has_adapter(self)
+        with torch.set_grad_enabled(adapted and torch.is_grad_enabled()):
+            clean = self.clean_latent(batch)  # a graph only to an adapter (the AE is frozen)
+        loss = self.denoising_objective(self.eps, clean.detach())
+        diagnostics = {"denoising": float(loss.detach())}
+        if adapted:  # after the denoising loss: its random draws stay the host's
+            reconstruction = self._reconstruction_error(batch, clean)
+            loss = loss + reconstruction
+            diagnostics["adapter_reconstruction"] = float(reconstruction.detach())
+        return LossAndDiagnostics(loss, diagnostics)
+
+    def _reconstruction_error(self, batch: DABatch, clean: torch.Tensor) -> torch.Tensor:
+        """Stage 1's objective on the frozen autoencoder, ``mean((D(E(clean)) - x*)^2) +
+        mean((D(E(DA)) - x*)^2)``, from the clean latent ``clean`` (B, Cz, H, W): its gradient
+        reaches only the adapter."""
+        target = batch.target.float()
+        clean_error = (self.decode(clean).float() - target).square().mean()
+        da_error = (self.decode(self.da_latent(batch)).float() - target).square().mean()
+        return clean_error + da_error
 
     def forward(self, batch: DABatch) -> Analysis:
         """The training-time pass: the decoded denoiser estimate (B, C, H, W) of the clean
@@ -305,11 +341,7 @@ class SLAMS(BaselineModule):
         check_state_batch(batch, self.in_chans, type(self).__name__, target=True)
         with torch.no_grad():
             z = self.clean_latent(batch)
-        t = torch.rand(z.shape[0], device=z.device)
-        mu = self.schedule.mu(t).to(z).reshape(-1, 1, 1, 1)
-        sigma = self.schedule.sigma(t).to(z).reshape(-1, 1, 1, 1)
-        z_t = mu * z + sigma * torch.randn_like(z)
-        return Analysis(mean=self.decode(denoised(z_t, self.eps(z_t, t), t, self.schedule)))
+        return Analysis(mean=self.decode(denoised_at_random_time(self.eps, z, self.schedule)))
 
     # - fitting (stage 1 and the error statistics) -
 
@@ -328,16 +360,16 @@ class SLAMS(BaselineModule):
         """
         from dambench.batching import make_dataloader
 
-        check_train_split(dataset, type(self).__name__)
+        check_train_split(dataset, type(self).__name__, in_chans=self.in_chans)
         sigma_o = observation_error_std(dataset, stats, self.floors[0])
-        settings = self.ae_settings
+        settings = self.ae_training
         loader = make_dataloader(
             dataset,
             stats=stats,
             train=True,
             shuffle=True,
-            batch_size=settings["batch_size"],
-            seed=settings["seed"],
+            batch_size=settings.batch_size,
+            seed=settings.seed,
         )
         self._train_autoencoder(loader, verbose)
         self._fit_latent_statistics(loader)
@@ -354,19 +386,21 @@ class SLAMS(BaselineModule):
             yield batch
 
     def _train_autoencoder(self, loader, verbose: bool) -> None:
-        settings = self.ae_settings
+        settings = self.ae_training
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        autoencoder = {id(p) for p in params}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in autoencoder]
+        for p in others:  # an attached adapter is not trained (nor given gradients) here
+            p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(
-            params, lr=settings["lr"], weight_decay=settings["weight_decay"]
-        )
-        epochs = settings["epochs"]
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        epochs = settings.epochs
         self.encoder.train()
         self.decoder.train()
         for epoch in tqdm(range(epochs), desc="SLAMS autoencoder", disable=not verbose):
             for group in optimizer.param_groups:
-                group["lr"] = settings["lr"] * (1.0 - epoch / epochs)
+                group["lr"] = settings.lr * (1.0 - epoch / epochs)
             for batch in self._batches(loader, epoch):
                 clean = self.decode(self.clean_latent(batch))
                 da = self.decode(self.da_latent(batch))
@@ -377,6 +411,8 @@ class SLAMS(BaselineModule):
         for p in params:
             p.requires_grad_(False)
             p.grad = None
+        for p in others:
+            p.requires_grad_(True)
         self.train(self.training)  # the autoencoder back to eval mode
 
     @torch.no_grad()
@@ -386,7 +422,7 @@ class SLAMS(BaselineModule):
         self.latent_mean.zero_()
         self.latent_scale.fill_(1.0)
         sums = torch.zeros(3, self.latent_chans, dtype=torch.float64)
-        for batch in self._batches(loader, self.ae_settings["epochs"]):
+        for batch in self._batches(loader, self.ae_training.epochs):
             z = self.clean_latent(batch).double().transpose(0, 1).flatten(1)  # (Cz, B H W)
             sums += torch.stack([torch.ones_like(z).sum(1), z.sum(1), z.square().sum(1)]).cpu()
         mean = sums[1] / sums[0]
@@ -394,24 +430,12 @@ class SLAMS(BaselineModule):
         self.latent_mean.copy_(mean.float())
         self.latent_scale.copy_(scale.float())
         square, count = torch.zeros(self.latent_chans, dtype=torch.float64), 0.0
-        for batch in self._batches(loader, self.ae_settings["epochs"] + 1):
+        for batch in self._batches(loader, self.ae_training.epochs + 1):
             diff = (self.da_latent(batch) - self.clean_latent(batch)).double()
             square += diff.square().sum(dim=(0, 2, 3)).cpu()
             count += diff[:, 0].numel()
         sigma_z = (square / count).sqrt().clamp(min=self.floors[1])
         self.latent_std.copy_(sigma_z.float())
-
-    @property
-    def fitted(self) -> bool:
-        """Whether ``sigma_o`` and ``sigma_z`` are set (by :meth:`fit` or the constructor)."""
-        return bool(torch.isfinite(self.observation_std).all()) and bool(
-            torch.isfinite(self.latent_std).all()
-        )
-
-    def fitted_statistics(self) -> dict[str, list[float]]:
-        """``sigma_o`` (normalised units), the latent mean/scale and ``sigma_z``."""
-        names = ("observation_std", "latent_std", "latent_mean", "latent_scale")
-        return {name: [float(v) for v in getattr(self, name).tolist()] for name in names}
 
     # - inference -
 
@@ -428,59 +452,32 @@ class SLAMS(BaselineModule):
     def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
         """``members`` (default ``self.members``) decoded posterior samples (B, N, C, H, W)
         from seed ``seed``, their mean and spread; gradients are enabled inside."""
-        name = type(self).__name__
-        check_state_batch(batch, self.in_chans, name, target=False)
-        if not self.fitted:
-            raise DambenchInputError(
-                f"{name} is not fitted: call fit(train_dataset, stats) (train.py does) or pass "
-                "observation_std and latent_std."
-            )
+        self.check_analysable(batch)
         terms = self.observation_terms(batch)
         b, _, h, w = batch.background.shape
-
-        def draw(generators: list[torch.Generator]) -> torch.Tensor:
-            n = len(generators)
-            z = sample(
-                self.eps,
-                (b, self.latent_chans, h, w),
-                generators,
-                self.schedule,
-                self.sampler,
-                [term.repeat(n) for term in terms],
-                device=batch.background.device,
-                dtype=batch.background.dtype,
-            )
-            check_samples(z, self.sampler, f"{name} (latents)")
-            with torch.no_grad():
-                return self.decode(z)  # (n B, C, H, W)
-
-        count = self.members if members is None else int(members)
-        out = sample_members(draw, count, self.member_batch, seed, batch.background.device)
-        check_samples(out, self.sampler, name)
-        return Analysis.from_members(out)
+        return self.sample_ensemble(
+            self.eps,
+            (b, self.latent_chans, h, w),
+            terms,
+            batch.background,
+            members=members,
+            seed=seed,
+            decode=self.decode,
+        )
 
     def sampling_cost(self) -> dict[str, Any]:
-        """Per member: sampler steps, corrector steps, score-network evaluations (each with a
-        backward pass), decoder passes (pixel guidance: one forward and backward per network
-        evaluation, plus the final decoding) and encoder passes per analysis."""
+        """Per member as :meth:`ScoreEnsemble.sampling_cost`, plus decoder passes (pixel
+        guidance: one forward and backward per network evaluation, plus the final decoding) and
+        encoder passes per analysis."""
         evaluations = self.sampler.network_evaluations()
         return {
-            "steps": self.sampler.steps,
-            "corrections": self.sampler.corrections,
-            "network_evaluations_per_member": evaluations,
-            "backward_passes_per_member": evaluations,
+            **super().sampling_cost(),
             "decoder_evaluations_per_member": evaluations * self.pixel_guidance + 1,
             "encoder_evaluations_per_analysis": 1,
-            "default_members": self.members,
-            "member_batch": self.member_batch,
         }
 
 
 # --- registered variants (configs as data) ------------------------------------------------------
-
-
-def _create_slams(**kwargs: Any) -> SLAMS:
-    return SLAMS(**kwargs)
 
 
 INFO = ModelInfo(
@@ -497,7 +494,7 @@ INFO = ModelInfo(
 )
 
 register_variants(
-    _create_slams,
+    SLAMS,
     {
         "slams_tiny": (
             "CPU-test size: 4 latent channels, encoder width 8, UNet (8, 16) x 1 block, 8 steps, "
@@ -524,7 +521,8 @@ register_variants(
         ),
         "slams_small": (
             "CPU-training size: 8 latent channels, encoder (16, 12), UNet (16, 32) x 1 block, "
-            "32 steps, 1 corrector, gamma 0.1 (C = 4, M = 2).",
+            "32 steps, 1 corrector, gamma 1 (at gamma 0.1 the trained latent prior's guidance "
+            "diverged on era5-sample at 32 steps) (C = 4, M = 2).",
             dict(
                 in_chans=4,
                 modality_chans=2,
@@ -535,7 +533,7 @@ register_variants(
                 hidden_blocks=(1, 1),
                 embed_dim=32,
                 steps=32,
-                gamma=0.1,
+                gamma=1.0,
                 ae_epochs=30,
                 ae_lr=1e-3,
                 ae_batch_size=1,

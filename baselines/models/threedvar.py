@@ -41,23 +41,26 @@ Deliberate deviations
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
 from baselines.layers.covariance import (
     Correlation,
+    channel_std,
     check_correlation,
     check_longitude,
+    check_train_split,
     correlation_from_cos,
+    cycle_indices,
     equiangular_grid,
     fit_background_error,
+    normalised_errors,
     normalised_observation_error_std,
     observation_noise_of,
     spread_on_grid,
@@ -86,39 +89,6 @@ def _as_channel_vector(values: float | Sequence[float] | torch.Tensor, n: int, n
     if not torch.all(torch.isfinite(out)):
         raise DambenchInputError(f"{name} must be finite; got {out.tolist()}.")
     return out
-
-
-def _check_train_split(dataset: xr.Dataset) -> None:
-    """B must never see validation or test cycles; the dataset needs background and target."""
-    if "split" in dataset.coords:
-        splits = sorted({str(s) for s in np.asarray(dataset["split"].values).ravel()})
-        if splits != ["train"]:
-            raise DambenchInputError(
-                f"ThreeDVar.fit estimates B from the train split only; the dataset has cycles "
-                f"of splits {splits}. Open it with open_dataset(..., split='train')."
-            )
-    for name in ("background", "target"):
-        if name not in dataset:
-            raise DambenchInputError(f"ThreeDVar.fit needs {name!r} in the dataset.")
-
-
-def _normalised_errors(
-    dataset: xr.Dataset, std: np.ndarray, times: np.ndarray, chunk: int, verbose: bool
-) -> Iterator[np.ndarray]:
-    """``(x_b - x*) / std`` for the cycles ``times``, ``chunk`` cycles at a time, (T, C, H, W)."""
-    for start in tqdm(range(0, times.size, chunk), desc="3D-Var fit", disable=not verbose):
-        part = dataset[["background", "target"]].isel({schema.TIME: times[start : start + chunk]})
-        background = part["background"].transpose(*schema.CANONICAL_DIMS).values
-        target = part["target"].transpose(*schema.CANONICAL_DIMS).values
-        # normalised error: ((x_b - mean) - (x* - mean)) / std = (x_b - x*) / std
-        yield (background.astype(np.float64) - target) / std[None, :, None, None]
-
-
-def _cycles(n_time: int, max_cycles: int | None) -> np.ndarray:
-    """All cycle indices, or at most ``max_cycles`` evenly spaced ones."""
-    if max_cycles is None or max_cycles >= n_time:
-        return np.arange(n_time)
-    return np.unique(np.linspace(0, n_time - 1, max_cycles).round().astype(int))
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -273,17 +243,18 @@ class ThreeDVar(BaselineModule):
         ``self``, refitted: its parameters (and channel count) now follow ``dataset``, its grid
         is the dataset's, and ``fit_info`` records the provenance.
         """
-        _check_train_split(dataset)
-        channels = [str(c) for c in dataset[schema.CHANNEL].values]
+        channels = check_train_split(dataset, type(self).__name__)
         noise = "explicit obs_error_std"
         if obs_error_std is None:
             noise = observation_noise_of(dataset)
             obs_error_std = normalised_observation_error_std(channels, stats, noise)
-        std = stats["std"].sel({schema.CHANNEL: channels}).values.astype(np.float64)
+        std = channel_std(stats, channels)
         latitude = dataset[schema.LATITUDE].values.astype(np.float64)
         longitude = dataset[schema.LONGITUDE].values.astype(np.float64)
-        times = _cycles(dataset.sizes[schema.TIME], self.max_cycles)
-        errors = _normalised_errors(dataset, std, times, self.cycles_per_chunk, verbose)
+        times = cycle_indices(dataset.sizes[schema.TIME], self.max_cycles)
+        errors = normalised_errors(
+            dataset, std, times, self.cycles_per_chunk, desc="3D-Var fit", verbose=verbose
+        )
         result = fit_background_error(
             errors,
             latitude,

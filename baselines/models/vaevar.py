@@ -26,9 +26,10 @@ Method
     ``x(z) = x_b + D(z) sigma_err``,
 
     from ``z = 0`` with L-BFGS (``lbfgs_history`` 10, ``lbfgs_max_iter`` 10, strong-Wolfe line
-    search) stepped ``outer_steps`` times (:func:`variational_solve`); the analysis is
-    ``x(z*)``. ``R = max(obs_error_std, obs_error_floor)^2`` per channel, ``obs_error_std`` the
-    dataset's recorded observation noise in normalised units (:meth:`VAEVar.fit`). Defaults are
+    search) stepped ``outer_steps`` times
+    (:func:`~baselines.layers.variational.variational_solve`); the analysis is ``x(z*)``.
+    ``R = max(obs_error_std, obs_error_floor)^2`` per channel, ``obs_error_std`` the dataset's
+    recorded observation noise in normalised units (:meth:`VAEVar.fit`). Defaults are
     the upstream code's (section 11.1): ``bg_lambda`` = 400, ``outer_steps`` = 2. The solve runs
     with gradients on (for ``z`` only) and in float32 whatever the caller's grad mode or
     autocast.
@@ -53,133 +54,47 @@ Deliberate deviations
       background's 43.7e-2); with sigma = 0.5, 30 epochs: 24.1e-2 at lambda = 1, 27.7e-2 at
       lambda = 4; 4 outer steps instead of 2 fit the observations harder and score worse.
     - ``seed`` of :meth:`VAEVar.analyse` is accepted for the contract and unused: ``z`` starts at
-      0 and L-BFGS is deterministic.
-    - ``batch.modalities`` are accepted and ignored.
+      0 (or an adapter's ``z0``) and L-BFGS is deterministic.
+    - ``batch.modalities`` are ignored by VAE-Var itself. A multi-modal adapter
+      (``multi_vaevar_*``) gives the solve's first guess ``z0`` (``J`` is unchanged), and
+      ``loss`` then adds ``mean(((x_b + D(z0) sigma_err - x*) / sigma_err)^2)`` (diagnostic
+      ``adapter_first_guess``, decoder weights detached: it trains the adapter only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
+from baselines.layers.adapter import adapter_context, has_adapter
 from baselines.layers.channel_layout import SURFACE_CHANS, UPPER_VARS, ChannelLayout
-from baselines.layers.covariance import normalised_observation_error_std, observation_noise_of
+from baselines.layers.covariance import (
+    channel_std,
+    check_train_split,
+    cycle_indices,
+    normalised_errors,
+    normalised_observation_error_std,
+    observation_noise_of,
+)
 from baselines.layers.gaussian import check_batch
 from baselines.layers.lgunet import LGUnet
+from baselines.layers.variational import VariationalSolution, variational_solve
 from baselines.registry import register_variants
 from dambench import schema
 from dambench.exceptions import DambenchInputError
 
-__all__ = ["VAEVar", "VariationalSolution", "variational_solve"]
+__all__ = ["VAEVar"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OBS_ERROR_FLOOR = 1e-3
 """Smallest observation-error std in R (normalised units), so R stays positive."""
-
-
-# --- the variational solve (pure) --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VariationalSolution:
-    """The result of :func:`variational_solve` for one sample.
-
-    Attributes
-    ----------
-    analysis
-        ``x(z*)`` (1, C, H, W), normalised units, no gradient.
-    latent
-        ``z*`` (1, L, H, W).
-    costs
-        ``J`` at ``z = 0`` and after each outer step (``outer_steps + 1`` values).
-    evaluations
-        Number of cost-and-gradient evaluations (decoder forward + backward passes).
-    """
-
-    analysis: torch.Tensor
-    latent: torch.Tensor
-    costs: list[float]
-    evaluations: int
-
-
-def variational_solve(
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    background: torch.Tensor,
-    observation: torch.Tensor,
-    mask: torch.Tensor,
-    sigma_err: torch.Tensor,
-    obs_variance: torch.Tensor,
-    latent_shape: Sequence[int],
-    *,
-    bg_lambda: float = 400.0,
-    outer_steps: int = 2,
-    max_iter: int = 10,
-    history_size: int = 10,
-) -> VariationalSolution:
-    """Minimise ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x_b + D(z) sigma - y)^2 / R) / lambda``.
-
-    Parameters
-    ----------
-    decode
-        ``z`` (1, *latent_shape) -> increment in error units (1, C, H, W); differentiable.
-    background, observation, mask
-        (1, C, H, W): ``x_b``, ``y`` (any value where unobserved) and 1 where observed.
-    sigma_err, obs_variance
-        (C,): the error scale and ``R`` (normalised units, > 0).
-    latent_shape
-        (L, H, W) of ``z``.
-    bg_lambda, outer_steps, max_iter, history_size
-        ``lambda``; L-BFGS steps and each step's iterations and history (strong-Wolfe line
-        search, as upstream).
-
-    Returns
-    -------
-    VariationalSolution
-        Starting from ``z = 0``. With no observations ``z* = 0`` (the gradient vanishes there).
-    """
-    sigma = sigma_err.view(1, -1, 1, 1).to(background)
-    weight = mask / obs_variance.view(1, -1, 1, 1).to(background) / bg_lambda  # (1, C, H, W)
-    z = torch.zeros((1, *latent_shape), dtype=background.dtype, device=background.device)
-    z.requires_grad_(True)
-    evaluations = 0
-
-    def cost(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        analysis = background + decode(latent) * sigma
-        misfit = analysis - observation
-        return 0.5 * (latent**2).sum() + 0.5 * (weight * misfit**2).sum(), analysis
-
-    def closure() -> torch.Tensor:
-        nonlocal evaluations
-        evaluations += 1
-        value, _ = cost(z)
-        z.grad = torch.autograd.grad(value, z)[0]
-        return value.detach()
-
-    with torch.no_grad():
-        costs = [float(cost(z)[0])]
-    optimizer = torch.optim.LBFGS(
-        [z],
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=history_size,
-        line_search_fn="strong_wolfe",
-    )
-    for _ in range(outer_steps):
-        optimizer.step(closure)
-        with torch.no_grad():
-            costs.append(float(cost(z)[0]))
-    with torch.no_grad():
-        analysis = cost(z)[1]
-    return VariationalSolution(analysis.detach(), z.detach(), costs, evaluations)
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -328,19 +243,14 @@ class VAEVar(BaselineModule):
         ``(x* - x_b) / std[c]`` (unweighted, as the training loss), ``obs_error_std`` = the
         recorded noise / ``std[c]``.
         """
-        channels = _check_train_dataset(dataset, self.in_chans)
-        std = stats["std"].sel({schema.CHANNEL: channels}).values.astype(np.float64)
-        n_time = dataset.sizes[schema.TIME]
-        times = np.arange(n_time)
-        if max_cycles is not None and max_cycles < n_time:
-            times = np.unique(np.linspace(0, n_time - 1, max_cycles).round().astype(int))
+        channels = check_train_split(dataset, type(self).__name__, in_chans=self.in_chans)
+        std = channel_std(stats, channels)
+        times = cycle_indices(dataset.sizes[schema.TIME], max_cycles)
         squares, count = np.zeros(len(channels)), 0
-        for t in tqdm(times, desc="VAE-Var fit", disable=not verbose):
-            cycle = dataset[["background", "target"]].isel({schema.TIME: int(t)})
-            error = (
-                cycle["target"].transpose(*schema.CANONICAL_DIMS[1:]).values.astype(np.float64)
-                - cycle["background"].transpose(*schema.CANONICAL_DIMS[1:]).values
-            ) / std[:, None, None]  # (C, H, W), normalised
+        for errors in normalised_errors(
+            dataset, std, times, 1, desc="VAE-Var fit", verbose=verbose
+        ):
+            error = errors[0]  # (C, H, W), normalised; its sign does not matter here
             squares += np.square(error).sum(axis=(1, 2))
             count += error[0].size
         sigma_err = np.sqrt(squares / count)
@@ -393,14 +303,36 @@ class VAEVar(BaselineModule):
         recon_term = ((recon - eps) ** 2).sum() / (2 * self.recon_sigma**2) / elements
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum() / elements
         loss = recon_term + kl
-        return LossAndDiagnostics(
-            loss,
-            {
-                "vae_loss": float(loss.detach()),
-                "recon_mse": float(((recon.detach() - eps) ** 2).mean()),
-                "kl": float(kl.detach()),
-            },
-        )
+        diagnostics = {
+            "vae_loss": float(loss.detach()),
+            "recon_mse": float(((recon.detach() - eps) ** 2).mean()),
+            "kl": float(kl.detach()),
+        }
+        if has_adapter(self):  # after the VAE terms: their random draws stay the host's
+            first_guess = self._first_guess_error(batch, eps)
+            loss = loss + first_guess
+            diagnostics["adapter_first_guess"] = float(first_guess.detach())
+        return LossAndDiagnostics(loss, diagnostics)
+
+    def _first_guess_error(self, batch: DABatch, eps: torch.Tensor) -> torch.Tensor:
+        """``mean((D(z0) - eps)^2)`` in error units (= ``((x_b + D(z0) sigma - x*) / sigma)^2``)
+        with the adapter's first guess ``z0`` and the decoder's weights detached: it trains
+        the adapter only."""
+        z0 = self._first_guess(batch)  # (B, L, H, W)
+        frozen = {name: p.detach() for name, p in self.decoder.named_parameters()}
+        decoded = torch.func.functional_call(self.decoder, frozen, (z0,)).float()
+        return ((decoded - eps.float()) ** 2).mean()
+
+    def _first_guess(self, batch: DABatch) -> torch.Tensor:
+        """The adapter's first guess ``z0`` (B, L, H, W); 0 without an adapter or tokens."""
+        b, _, h, w = batch.background.shape
+        zeros = batch.background.new_zeros((b, sum(self.latent_groups), h, w))
+        return adapter_context(self, batch).add(zeros, slot=0)
+
+    def adapter_slots(self) -> tuple[int, ...]:
+        """Channels of the adapter entry (``ModelInfo.adapter_entry``): the first guess of the
+        latent ``z``, (B, sum(latent_groups), H, W)."""
+        return (sum(self.latent_groups),)
 
     def _split_posterior(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per group, the first half of the encoder's channels is mu, the second log-variance."""
@@ -420,6 +352,8 @@ class VAEVar(BaselineModule):
         check_batch(batch, self.in_chans, type(self).__name__)
         self._require_fitted()
         obs_variance = self.obs_error_std.clamp(min=self.obs_error_floor) ** 2
+        with torch.no_grad():  # the first guess is a starting point, not part of the graph
+            z0 = self._first_guess(batch).float()  # (B, L, H, W), 0 without an adapter
         was_training = self.decoder.training
         self.decoder.eval()
         device_type = batch.background.device.type
@@ -434,12 +368,12 @@ class VAEVar(BaselineModule):
                         getattr(batch, name)[i : i + 1].float().clone()
                         for name in ("background", "observation", "mask")
                     ]
-                    solutions.append(self._solve_one(*fields, obs_variance))
+                    solutions.append(self._solve_one(*fields, obs_variance, z0[i : i + 1]))
         finally:
             self.decoder.train(was_training)
         return solutions
 
-    def _solve_one(self, background, observation, mask, obs_variance) -> VariationalSolution:
+    def _solve_one(self, background, observation, mask, obs_variance, z0) -> VariationalSolution:
         latent_shape = (sum(self.latent_groups), *background.shape[-2:])
         return variational_solve(
             self.decoder,
@@ -453,6 +387,7 @@ class VAEVar(BaselineModule):
             outer_steps=self.outer_steps,
             max_iter=self.lbfgs_max_iter,
             history_size=self.lbfgs_history,
+            z0=z0,
         )
 
     def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
@@ -486,26 +421,6 @@ class VAEVar(BaselineModule):
             "obs_error_std": self.obs_error_std.tolist(),
             "latent_channels": sum(self.latent_groups),
         }
-
-
-def _check_train_dataset(dataset: xr.Dataset, in_chans: int) -> list[str]:
-    """The channel names of a train-split dataset with background and target, else raise."""
-    if "split" in dataset.coords:
-        splits = sorted({str(s) for s in np.asarray(dataset["split"].values).ravel()})
-        if splits != ["train"]:
-            raise DambenchInputError(
-                f"VAEVar.fit estimates error statistics on the train split only; the dataset has "
-                f"cycles of splits {splits}. Open it with open_dataset(..., split='train')."
-            )
-    for name in ("background", "target"):
-        if name not in dataset:
-            raise DambenchInputError(f"VAEVar.fit needs {name!r} in the dataset.")
-    channels = [str(c) for c in dataset[schema.CHANNEL].values]
-    if len(channels) != in_chans:
-        raise DambenchInputError(
-            f"The model has {in_chans} channels; the dataset has {len(channels)}: {channels}."
-        )
-    return channels
 
 
 # --- registered variants (configs as data) ------------------------------------------------------

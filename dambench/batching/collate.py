@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-PACKED_FIELDS = ("background", "observation", "mask", "target", "modalities")
+PACKED_FIELDS = ("background", "observation", "mask", "target", "modalities", "modality_mask")
 """Float32 fields packed into the shared buffer, in this order."""
 SMALL_FIELDS = ("modality_present", "time", "origin", "latitude", "longitude")
 """Fields handed over as stacked numpy arrays."""

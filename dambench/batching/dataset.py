@@ -25,9 +25,11 @@ are cut from a whole-globe draw, so overlapping patches agree.
 Modalities
 ----------
 Modalities reach the sample in model space (:mod:`dambench.modalities`: ``log1p`` then a z-score
-for precipitation, a z-score for OLR, ``log1p`` of gauge counts), 0 where absent, with a presence
-flag per sample: 1 where the window holds a finite value, 0 otherwise, and 0 for a selected
-modality the dataset does not hold.
+for precipitation, a z-score for OLR, ``log1p`` of gauge counts), 0 where absent, with a per-cell
+mask (1 where the store's value is finite: a present value equal to the train-split mean is 0 in
+model space and still marked present) and a presence flag per sample: 1 where the window holds a
+finite value, 0 otherwise, and 0 (mask 0 everywhere) for a selected modality the dataset does not
+hold.
 """
 
 from __future__ import annotations
@@ -214,6 +216,8 @@ class DATorchDataset(Dataset):
     ``modalities`` : (M, H, W) float32
         In model space (exactly :func:`dambench.modalities.to_model_space`, rounded to
         float32), 0 where absent (NaN in the store).
+    ``modality_mask`` : (M, H, W) float32
+        1.0 where the modality's cell holds data (finite in the store), else 0.0.
     ``modality_present`` : (M,) float32
         1.0 where the modality has any finite value in this sample.
     ``time`` : () int64
@@ -467,8 +471,9 @@ class DATorchDataset(Dataset):
             name: window(cycle[name][:, rows, cols])
             for name in ("background", "observation", "mask", "target", "modalities")
         }
-        present = cycle["finite"][:, rows, cols].any(axis=(1, 2)).astype(np.float32)
-        sample["modality_present"] = torch.from_numpy(present)
+        finite = cycle["finite"][:, rows, cols]  # (M, h, w) bool
+        sample["modality_mask"] = torch.from_numpy(finite.astype(np.float32))  # a fresh array
+        sample["modality_present"] = torch.from_numpy(finite.any(axis=(1, 2)).astype(np.float32))
         sample["time"] = torch.tensor(int(self._time_ns[t]), dtype=torch.int64)
         sample["origin"] = torch.tensor([row, col], dtype=torch.int64)
         for dim, selection in zip(schema.SPATIAL_DIMS, (rows, cols), strict=True):

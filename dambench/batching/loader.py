@@ -247,7 +247,8 @@ def make_dataloader(
     DADataLoader
         Batches are dicts of tensors with a leading batch dim B: ``background``,
         ``observation``, ``mask``, ``target`` (B, C, H, W) float32, ``modalities`` (B, M, H, W)
-        in model space, ``modality_present`` (B, M), ``time`` (B,) int64 ns, ``origin`` (B, 2)
+        in model space (0 where absent), ``modality_mask`` (B, M, H, W) float32 (1 where a cell
+        holds data), ``modality_present`` (B, M), ``time`` (B,) int64 ns, ``origin`` (B, 2)
         int64, ``latitude`` (B, H) and ``longitude`` (B, W) float32 degrees;
         ``DABatch.from_loader(batch)`` takes one.
     """

@@ -302,7 +302,7 @@ def evaluate_predictions(
     from dambench.load import open_dataset, stats_from_attrs
 
     ds = open_dataset(dataset, split=split, revision=revision)
-    identity = dataset_identity(dataset, ds, revision)
+    identity = dataset_identity(dataset, revision)
     stats = stats_from_attrs(ds)
     opened = _open_all(_as_list(predictions), members_dim, variable, ds)
     seed_labels = _seed_labels(opened, seeds)

@@ -62,18 +62,20 @@ def _metadata_digest(ds: xr.Dataset) -> str:
 
 
 def dataset_identity(
-    name_or_path: str | os.PathLike, ds: xr.Dataset, revision: str | None = None
+    name_or_path: str | os.PathLike, revision: str | None = None
 ) -> DatasetIdentity:
-    """Identity of the dataset ``name_or_path`` (and Hub ``revision``, as given to
-    ``open_dataset``), opened as ``ds``."""
-    from dambench.load import resolve
+    """Identity of the dataset ``name_or_path`` (and Hub ``revision``) as given to
+    ``open_dataset``: the sha256 of its ``manifest.json``, else a metadata digest of the whole
+    dataset (every split, so it does not depend on the split scored)."""
+    from dambench.load import open_dataset, resolve
 
     store = resolve(name_or_path, revision)
-    name = str(ds.attrs.get("dambench_dataset", os.path.basename(store).removesuffix(".zarr")))
     manifest = _manifest_bytes(store)
+    whole = open_dataset(name_or_path, revision=revision)
+    name = str(whole.attrs.get("dambench_dataset", os.path.basename(store).removesuffix(".zarr")))
     if manifest is not None:
         return DatasetIdentity(name, hashlib.sha256(manifest).hexdigest(), "manifest", store)
-    return DatasetIdentity(name, _metadata_digest(ds), "metadata", store)
+    return DatasetIdentity(name, _metadata_digest(whole), "metadata", store)
 
 
 def check_same_data(a: dict, b: dict) -> None:

@@ -30,7 +30,7 @@ import xarray as xr
 from dambench import schema
 from dambench.channels import available_channels, to_channels
 from dambench.exceptions import DambenchInputError, DambenchSchemaError
-from dambench.grid import to_canonical
+from dambench.grid import rename_aliases, to_canonical
 from dambench.sources.base import is_remote, open_dataset_any
 from dambench.units import canonical_units
 
@@ -189,18 +189,8 @@ class Predictions:
 
 
 def _renamed(raw: xr.Dataset) -> xr.Dataset:
-    """Dim aliases renamed (cheap, lazy), without reorienting any data."""
-    renames = {}
-    for canonical, aliases in (
-        (schema.LATITUDE, schema.LATITUDE_ALIASES),
-        (schema.LONGITUDE, schema.LONGITUDE_ALIASES),
-        (schema.TIME, schema.TIME_ALIASES),
-        (schema.LEVEL, schema.LEVEL_ALIASES),
-    ):
-        found = next((a for a in aliases if a in raw.dims), None)
-        if canonical not in raw.dims and found is not None:
-            renames[found] = canonical
-    return _level_in_hpa(raw.rename(renames) if renames else raw)
+    """Dim aliases renamed (cheap, lazy), without reorienting any data; levels in hPa."""
+    return _level_in_hpa(rename_aliases(raw))
 
 
 def _channels_of(ds: xr.Dataset, stacked: str | None) -> tuple[str, ...]:

@@ -12,13 +12,11 @@ attention with the same allowed pairs.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from baselines.config import load_run_config
 from baselines.interface import DABatch
 from baselines.layers.channel_layout import ChannelLayout
 from baselines.layers.conv import count_parameters
@@ -35,29 +33,12 @@ from baselines.models.adas import Adas, balanced_l1
 from baselines.registry import create_model, model_info
 from dambench.exceptions import DambenchInputError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "baselines" / "configs"
 SMALL_GRID = (25, 48)
 TINY_GRID = (13, 24)
 FULL_GRID = (121, 240)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_batch(channels: int, grid: tuple[int, int], batch: int = 1, seed: int = 0) -> DABatch:
-    """Truth, background = truth + noise, 5 % observed with noise."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, channels, *grid)
-    target = torch.randn(shape, generator=gen)
-    background = target + 0.5 * torch.randn(shape, generator=gen)
-    mask = (torch.rand(shape, generator=gen) < 0.05).float()
-    observation = (target + 0.1 * torch.randn(shape, generator=gen)) * mask
-    return DABatch(background, observation, mask, target=target)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(channels: int = 4, grid: tuple[int, int] = SMALL_GRID, **kwargs) -> Adas:
@@ -79,7 +60,7 @@ def assert_finite_gradients(model: torch.nn.Module) -> None:
     [(4, (4, 0, 1)), (14, (4, 2, 3))],
     ids=["surface-only", "surface+2-levels"],
 )
-def test_forward_backward_on_channel_subsets(channels, layout):
+def test_forward_backward_on_channel_subsets(channels, layout, make_batch):
     # (surface channels, levels, depth of the token grid): the surface slice is appended to the
     # levels, and with no upper-air channels the level axis holds the surface slice only.
     model = tiny(channels)
@@ -96,7 +77,7 @@ def test_forward_backward_on_channel_subsets(channels, layout):
     assert_finite_gradients(model)
 
 
-def test_forward_backward_at_121x240():
+def test_forward_backward_at_121x240(make_batch):
     model = tiny(4, FULL_GRID)
     assert model.pos_embed.shape[1:4] == (1, 40, 80)  # (121 - 1) / 3 token rows at p = 3
     batch = make_batch(4, FULL_GRID)
@@ -106,7 +87,7 @@ def test_forward_backward_at_121x240():
     assert_finite_gradients(model)
 
 
-def test_patch_2_at_121_rows():
+def test_patch_2_at_121_rows(make_batch):
     # The upstream patch-expand pad fails at p = 2 (60 -> 30 -> 15 token rows); the crop to the
     # skip size does not. 25 rows at p = 2 give 12 -> 6 -> 3 token rows, odd at the bottom.
     model = tiny(4, SMALL_GRID, patch_size=2)
@@ -115,7 +96,7 @@ def test_patch_2_at_121_rows():
     assert out.mean.shape == (1, 4, *SMALL_GRID)
 
 
-def test_schema_order_of_upper_air_channels():
+def test_schema_order_of_upper_air_channels(make_batch):
     # Upper-air channels are grouped by variable: channel 4 + v * levels + l is (variable v,
     # level l); split and merge round-trip, so a residual model whose recovery starts at zero
     # returns its background exactly on a 4 + 5 x 2 subset.
@@ -143,14 +124,14 @@ def test_bad_channel_subsets_are_refused(kwargs, fragment):
         create_model("adas_tiny", img_size=SMALL_GRID, **kwargs)
 
 
-def test_subset_without_surface_channels():
+def test_subset_without_surface_channels(make_batch):
     model = tiny(10, TINY_GRID, surface_chans=0)  # 5 variables x 2 levels, no surface slice
     assert (model.layout.levels, model.layout.depth) == (2, 2)
     out = model(make_batch(10, TINY_GRID))
     assert out.mean.shape == (1, 10, *TINY_GRID)
 
 
-def test_other_grid_is_padded_and_cropped():
+def test_other_grid_is_padded_and_cropped(make_batch):
     # Built for 25 x 48; a 24 x 51 batch is padded on the sphere to 25 x 51 (same remainders
     # mod 3), the position embedding resampled, the output cropped back to 24 x 51.
     model = tiny(4).eval()
@@ -161,12 +142,12 @@ def test_other_grid_is_padded_and_cropped():
     assert torch.isfinite(out.mean).all()
 
 
-def test_wrong_channel_count_is_refused():
+def test_wrong_channel_count_is_refused(make_batch):
     with pytest.raises(DambenchInputError, match="in_chans=69"):
         tiny(4, TINY_GRID)(make_batch(69, TINY_GRID))
 
 
-def test_residual_variant_starts_at_the_background_and_leaves_it():
+def test_residual_variant_starts_at_the_background_and_leaves_it(make_batch):
     model = create_model("adas_small", img_size=TINY_GRID)
     batch = make_batch(4, TINY_GRID, seed=3)
     with torch.no_grad():
@@ -178,37 +159,56 @@ def test_residual_variant_starts_at_the_background_and_leaves_it():
         assert (model(batch).mean - batch.background).abs().max() > 1e-4
 
 
-def test_loss_decreases_on_a_fixed_batch():
+def test_loss_decreases_on_a_fixed_batch(make_batch, overfit):
     # A learnable task: the truth is the background shifted by 0.5 everywhere.
     model = tiny(4, TINY_GRID, residual=True)
     task = make_batch(4, TINY_GRID, batch=2, seed=1)
     batch = DABatch(task.background, task.observation, task.mask, target=task.background + 0.5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    losses = []
-    for _ in range(10):
-        loss = model.loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit(model, batch, steps=10, lr=2e-3)
     assert min(losses[-3:]) < 0.7 * losses[0], losses
 
 
-def test_modalities_are_accepted_and_ignored():
+def test_the_adapter_enters_every_level_slice_of_the_observation_tokens(
+    make_batch, with_modalities
+):
+    """multi_adas at 4 + 5 x 2 channels (3 level slices): one slot of d x D channels reaches
+    the observation stream's tokens (B, D, Hp, Wp, d) on the coarser token grid, each slice
+    with its own channels."""
+    from baselines.models.multi import adapter_of
+
+    torch.manual_seed(0)
+    multi = create_model(
+        "multi_adas_tiny", in_chans=14, img_size=SMALL_GRID, modalities=["olr"]
+    ).eval()
+    assert adapter_of(multi).slot_channels == (16 * 3,) and multi.layout.depth == 3
+    head = adapter_of(multi).heads[0]
+    batch = make_batch(14, SMALL_GRID, batch=2)
+    olr = with_modalities(batch, [[1.0], [1.0]])
+    seen = {}
+    hook = multi.stages[0].register_forward_pre_hook(lambda _, args: seen.update(obs=args[1]))
+    with torch.no_grad():
+        multi.forward_features(batch)
+        plain = seen["obs"]  # (B, D, Hp, Wp, d) without a context
+        torch.nn.init.normal_(head.weight)
+        channel = torch.zeros(head.out_features // 64, dtype=torch.bool)
+        channel[5 * 3 + 1] = True  # d index 5 of level slice 1 (channels are d-major, D-minor)
+        head.weight.mul_(channel.repeat_interleave(64)[:, None])  # patch 8 x 8 -> 64 per channel
+        multi.forward_features(olr)
+    hook.remove()
+    changed = (seen["obs"] - plain).abs().amax(dim=(0, 2, 3))  # (D, d)
+    assert plain.shape == (2, 3, 8, 16, 16)
+    assert bool(changed[1, 5] > 0) and int((changed > 0).sum()) == 1
+
+
+def test_modalities_are_accepted_and_ignored(make_batch, with_modalities):
     model = tiny(4, TINY_GRID).eval()
     batch = make_batch(4, TINY_GRID)
-    extra = DABatch(
-        batch.background,
-        batch.observation,
-        batch.mask,
-        modalities=torch.randn(1, 2, *TINY_GRID),
-        modality_present=torch.ones(1, 2),
-    )
+    extra = with_modalities(batch, [[1.0, 1.0]])
     with torch.no_grad():
         torch.testing.assert_close(model(extra).mean, model(batch).mean)
 
 
-def test_analyse_is_deterministic_without_gradients():
+def test_analyse_is_deterministic_without_gradients(make_batch):
     model = tiny(4, TINY_GRID).eval()  # eval: no stochastic depth
     batch = make_batch(4, TINY_GRID)
     first = model.analyse(batch)
@@ -355,10 +355,7 @@ def test_pad_to_size_is_a_sphere_pad_and_crop_undoes_it():
 
 
 @pytest.mark.parametrize("size", ["small", "full"])
-def test_configs_build_their_variant(size):
-    cfg = load_run_config(CONFIGS / f"adas_{size}.yaml")
-    assert cfg.model.name == f"adas_{size}"
-    with torch.device("meta"):
-        model = create_model(cfg.model.name, **cfg.model.kwargs)
+def test_configs_build_their_variant(size, config_model):
+    _, model = config_model(f"adas_{size}")
     assert model.residual == (size == "small")
     assert model.in_chans == (4 if size == "small" else 69)

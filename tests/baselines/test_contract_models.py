@@ -16,11 +16,14 @@ this file. Each model is driven only through its :class:`~baselines.interface.Mo
   (models that need gradients turn them on inside), returns tensors without a graph and leaves
   the parameters' gradients untouched.
 
-Grid: 25 x 48 (7.5 degrees, both poles), batch 2.
+Grid: 25 x 48 (7.5 degrees, both poles), batch 2, one thread. Models whose constructor takes
+sampler settings are built with :data:`CHEAP_SAMPLER` (the contract does not depend on the step
+count; their own tests check the sampler at their variants' settings).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -30,6 +33,7 @@ import xarray as xr
 
 from baselines.interface import OUTPUT_KINDS, Analysis, DABatch, ModelInfo
 from baselines.layers.covariance import equiangular_grid
+from baselines.models.multi import adapter_of
 from baselines.registry import create_model, list_models, model_info
 from dambench import schema
 
@@ -37,14 +41,45 @@ TINY = list_models("*_tiny")
 SHAPE = (25, 48)
 BATCH = 2
 MEMBERS = 3
+CHEAP_SAMPLER = {"steps": 4, "corrections": 0}
+"""Sampler settings of the models that take them (SDA, SLAMS): 4 network evaluations per
+member instead of the tiny variants' 16."""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread per test: these tensors are small, and a second OpenMP thread stalls on its
+    barriers when another process shares the two cores (as in test_models.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _create(name: str) -> torch.nn.Module:
+    """``create_model(name)``, with :data:`CHEAP_SAMPLER` where the model's class takes it."""
+    model = create_model(name)
+    taken = inspect.signature(type(model)).parameters
+    cheap = {key: value for key, value in CHEAP_SAMPLER.items() if key in taken}
+    return create_model(name, **cheap) if cheap else model
 
 
 def _in_chans(model: torch.nn.Module) -> int:
     return getattr(model, "in_chans", None) or 4
 
 
-def _batch(in_chans: int, seed: int = 0) -> DABatch:
-    """Normalised random fields with 5 % observed points and the window's coordinates."""
+def _modality_count(model: torch.nn.Module) -> int:
+    """M the model takes: its ``modality_chans`` (SLAMS), else its adapter's names, else 1."""
+    count = getattr(model, "modality_chans", None)
+    adapter = adapter_of(model)
+    if count is None and adapter is not None:
+        count = len(adapter.modalities)
+    return 1 if count is None else int(count)
+
+
+def _batch(in_chans: int, seed: int = 0, modalities: int = 1) -> DABatch:
+    """Normalised random fields with 5 % observed points, ``modalities`` present modalities and
+    the window's coordinates."""
     gen = torch.Generator().manual_seed(seed)
     shape = (BATCH, in_chans, *SHAPE)
     background = torch.randn(shape, generator=gen)
@@ -56,8 +91,8 @@ def _batch(in_chans: int, seed: int = 0) -> DABatch:
         observation=(target + 0.05 * torch.randn(shape, generator=gen)) * mask,
         mask=mask,
         target=target,
-        modalities=torch.randn((BATCH, 1, *SHAPE), generator=gen),
-        modality_present=torch.ones(BATCH, 1),
+        modalities=torch.randn((BATCH, modalities, *SHAPE), generator=gen),
+        modality_present=torch.ones(BATCH, modalities),
         latitude=torch.as_tensor(latitude, dtype=torch.float32).expand(BATCH, -1),
         longitude=torch.as_tensor(longitude, dtype=torch.float32).expand(BATCH, -1),
     )
@@ -94,10 +129,10 @@ def _train_split(in_chans: int, n_time: int = 4) -> tuple[xr.Dataset, xr.Dataset
 def _ready(name: str) -> tuple[torch.nn.Module, DABatch]:
     """The model (fitted first when its info says so) in eval mode, and a batch for it."""
     torch.manual_seed(0)
-    model = create_model(name)
+    model = _create(name)
     if model.info.needs_fit:
         assert model.fit(*_train_split(_in_chans(model))) in (None, model)
-    return model.eval(), _batch(_in_chans(model))
+    return model.eval(), _batch(_in_chans(model), modalities=_modality_count(model))
 
 
 def _assert_no_graph(analysis: Analysis) -> None:
@@ -190,7 +225,7 @@ def test_grad_mode_contract(name):
 def test_fitted_state_travels_in_the_state_dict(name):
     fitted, batch = _ready(name)
     torch.manual_seed(0)
-    fresh = create_model(name)
+    fresh = _create(name)
     fresh.load_state_dict(fitted.state_dict())
     fresh.eval()
     torch.testing.assert_close(

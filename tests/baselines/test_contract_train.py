@@ -6,9 +6,11 @@ Runs train on the embedded era5-sample (4 channels, 121 x 240) with tiny models 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,18 +19,25 @@ import yaml
 
 from baselines import train
 from baselines.checkpoint import (
+    LEGACY_DIGEST_KIND,
     ChannelMismatchError,
     CheckpointError,
     ResumeMismatchError,
     checkpoint_metadata,
+    dataset_digest,
     load_checkpoint,
     model_from_checkpoint,
+    model_kwargs,
+    save_checkpoint,
+    takes_modality_chans,
 )
 from baselines.config import load_run_config
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
 from baselines.layers.ema import ModelEma
+from baselines.registry import list_models
 from dambench.exceptions import DambenchInputError
-from dambench.load import ensure_embedded
+from dambench.load import ensure_embedded, open_dataset, stats_from_attrs
+from dambench.scoring.identity import dataset_identity
 
 CHANNELS = ["u10", "v10", "t2m", "msl"]
 
@@ -150,6 +159,7 @@ class _Probe(BaselineModule):
 
     def fit(self, dataset, stats, *, verbose=False):
         self.calls["fit"].append(sorted(set(dataset["split"].values.tolist())))
+        self.calls["fit_device"] = self.scale.device.type
         error = (dataset["background"] - dataset["target"]) / stats["std"]
         self.fitted_error.copy_(
             torch.as_tensor(error.std(["time", "latitude", "longitude"]).values)
@@ -236,6 +246,64 @@ def test_fit_hook_optimiser_hook_and_sampled_validation(folder, tmp_path, monkey
     assert all(r["val_probe"] == 1.0 for r in log)
 
 
+def test_the_model_is_on_the_run_device_before_fit(folder, probes):
+    """fit (SLAMS trains its autoencoder there) runs on the run's device, not on the CPU; the
+    ``meta`` device stands in for a GPU (the old train.py moved the model after fit)."""
+    train_ds = open_dataset(folder, split="train")
+    data = SimpleNamespace(channels=CHANNELS, modality_names=[], train_ds=train_ds,
+                           stats=stats_from_attrs(train_ds))  # fmt: skip
+    cfg = SimpleNamespace(model=SimpleNamespace(name="probe", kwargs={}, init_from=None))
+    model = train.build_model(cfg, data, torch.device("meta"))
+    assert probes[0].calls["fit_device"] == "meta" and model.scale.device.type == "meta"
+
+
+def test_a_run_starting_from_a_checkpoint_keeps_its_fit(folder, probes):
+    """With ``model.init_from`` the fitted state comes with the checkpoint's weights: fitting
+    again (SLAMS retrains its autoencoder for minutes) would be thrown away."""
+    train_ds = open_dataset(folder, split="train")
+    data = SimpleNamespace(channels=CHANNELS, modality_names=[], train_ds=train_ds,
+                           stats=stats_from_attrs(train_ds))  # fmt: skip
+    model = SimpleNamespace(name="probe", kwargs={}, init_from="runs/probe/best.pt")
+    train.build_model(SimpleNamespace(model=model), data, torch.device("cpu"))
+    assert probes[0].calls["fit"] == []
+
+
+# --- modalities --------------------------------------------------------------------------------
+
+
+def test_modality_chans_is_filled_from_the_loader_and_a_mismatch_is_refused():
+    given = {"channels": CHANNELS, "modalities": ["precip", "precip_gauges"]}
+    assert model_kwargs("slams_tiny", {}, **given)["modality_chans"] == 2  # variant default 1
+    assert model_kwargs("slams_small", {"modality_chans": 2}, **given)["modality_chans"] == 2
+    assert model_kwargs("slams_tiny", {}, **{**given, "modalities": []})["modality_chans"] == 0
+    with pytest.raises(DambenchInputError, match=r"modality_chans=3 .*gives 2 modalities"):
+        model_kwargs("slams_full", {"modality_chans": 3}, **given)
+    # no loader count (nothing recorded): the config's or the variant's value stays
+    assert "modality_chans" not in model_kwargs("slams_tiny", {}, channels=CHANNELS,
+                                                modalities=None)  # fmt: skip
+    assert "modality_chans" not in model_kwargs("convcnp_tiny", {}, **given)  # takes none
+    takers = [n for n in list_models("*_tiny") if takes_modality_chans(n)]
+    assert "slams_tiny" in takers  # and any composed model on it (multi_slams_tiny)
+    for name in takers:
+        assert model_kwargs(name, {}, **given)["modality_chans"] == 2, name
+
+
+def test_a_modality_model_trains_with_the_loaders_modality_count(folder, tmp_path):
+    """slams_tiny (built for M = 1) on era5-sample (M = 2: precip and its gauge flags): the
+    count comes from the loader, so training runs and the checkpoint rebuilds the model."""
+    config = write_config(tmp_path / "s.yaml", folder, tmp_path / "run", model="slams_tiny",
+                          epochs=1, max_steps_per_epoch=1)  # fmt: skip
+    train.run(load_run_config(config), verbose=False)
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert load_checkpoint(best)["modalities"]["names"] == ["precip", "precip_gauges"]
+    model = model_from_checkpoint(best, channels=CHANNELS)
+    assert model.modality_chans == 2
+    with pytest.raises(DambenchInputError, match=r"modality_chans=1 .*gives 2 modalities"):
+        train.run(load_run_config(config, ["model.kwargs.modality_chans=1",
+                                           f"train.out={tmp_path / 'other'}"]),
+                  verbose=False)  # fmt: skip
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 
@@ -262,6 +330,50 @@ def test_checkpoint_records_provenance_and_keeps_ema_weights_as_model(trained):
     assert meta["model"] == "convcnp_tiny" and meta["seed"] == 0 and meta["ema_decay"] == 0.9
     assert meta["dataset_digest"] == state["dataset"]["digest"]
     json.dumps(meta)  # plain JSON types for results files
+
+
+def test_checkpoints_record_the_scorers_dataset_identity(folder, trained):
+    """The checkpoint's digest is the one ``dambench evaluate`` writes to results files (the
+    sha256 of the build's manifest.json), whatever split is scored."""
+    state = load_checkpoint(trained / "best.pt")
+    scored = dataset_identity(folder)
+    manifest = hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
+    assert state["dataset"]["digest"] == scored.digest == manifest
+    assert state["dataset"]["digest_kind"] == "manifest"
+    assert state["dataset"]["name"] == scored.name == "era5-sample"
+    meta = checkpoint_metadata(trained / "best.pt")
+    assert (meta["dataset_digest"], meta["dataset_digest_kind"]) == (manifest, "manifest")
+
+
+def _as_legacy(path: Path, digest: str) -> None:
+    """Rewrite checkpoint ``path`` as train.py wrote it before it recorded the scorer's
+    identity (the config's dataset, a :func:`dataset_digest`, no ``digest_kind``)."""
+    state = load_checkpoint(path, mmap=False)
+    channels = state["dataset"]["channels"]
+    state["dataset"] = {"name": state["config"]["task"]["dataset"], "digest": digest,
+                        "channels": channels}  # fmt: skip
+    save_checkpoint(path, state)
+
+
+def test_resume_refuses_another_dataset_and_reads_older_checkpoints(folder, tmp_path):
+    config = write_config(tmp_path / "r.yaml", folder, tmp_path / "run", epochs=1,
+                          max_steps_per_epoch=1)  # fmt: skip
+    train.run(load_run_config(config), verbose=False)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last, mmap=False)
+    changed = {**state, "dataset": {**state["dataset"], "digest": "0" * 64}}
+    save_checkpoint(last, changed)
+    with pytest.raises(ResumeMismatchError, match="trained on dataset .*'0000.*this run has"):
+        train.run(load_run_config(config), verbose=False)
+    # a checkpoint from before: resumed on the same data (its legacy digest), refused on other
+    _as_legacy(last, dataset_digest(open_dataset(folder)))
+    assert train.run(load_run_config(config), verbose=False)["best_val_loss"] == state["best"]
+    meta = checkpoint_metadata(last)
+    assert meta["dataset_digest_kind"] == LEGACY_DIGEST_KIND and meta["dataset"] == str(folder)
+    assert model_from_checkpoint(last, channels=CHANNELS).model_name == "convcnp_tiny"
+    _as_legacy(last, "1" * 64)
+    with pytest.raises(ResumeMismatchError, match="trained on dataset .*'1111"):
+        train.run(load_run_config(config), verbose=False)
 
 
 def test_data_with_other_channels_is_refused_naming_both_lists(trained):

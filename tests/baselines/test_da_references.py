@@ -303,6 +303,8 @@ def test_normalised_observation_error_std():
     expected = [schema.OBSERVATION_ERROR_STD["u10"] / 10.0, schema.OBSERVATION_ERROR_STD["t2m"] / 2]
     np.testing.assert_allclose(out, expected)
     np.testing.assert_allclose(normalised_observation_error_std(["u10"], stats, noise=0), [0.0])
+    with pytest.raises(DambenchInputError, match=r"stats lack channels \['msl'\]"):
+        normalised_observation_error_std(["u10", "msl"], stats)
 
 
 def _tiny_train_dataset(observation_attr: str | None, n_time: int = 3) -> xr.Dataset:

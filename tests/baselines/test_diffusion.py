@@ -17,13 +17,13 @@ import torch
 import xarray as xr
 
 from baselines.layers.conv import count_parameters
+from baselines.layers.covariance import check_train_split
 from baselines.layers.diffusion import (
     GaussianObservation,
     SamplerDivergedError,
     SamplerSettings,
     VPSchedule,
     background_error_std,
-    check_train_split,
     denoised,
     denoising_loss,
     fixed_denoising_loss,
@@ -41,12 +41,7 @@ from dambench.exceptions import DambenchError, DambenchInputError
 SCHEDULE = VPSchedule()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a linear-Gaussian problem with a closed-form posterior -------------------------------------
@@ -370,7 +365,25 @@ def test_observation_error_std_is_the_recorded_noise_over_std_with_a_floor():
     np.testing.assert_allclose(observation_error_std(ds2, stats, 1e-3), [0.5, 0.2])
 
 
+def test_observation_error_std_refuses_an_unrecorded_noise():
+    """A dataset that does not record its observation noise readably is refused, never given
+    the default noise (sigma_o, hence the guidance, would be silently wrong)."""
+    ds, stats = _split()
+    bare = ds.copy()
+    bare.attrs = {}
+    unreadable = [ds.assign_attrs(observation=v) for v in ("not json", '{"noise": "loud"}')]
+    for dataset in (bare, *unreadable):
+        with pytest.raises(DambenchInputError, match=r"attrs\['observation'\]"):
+            observation_error_std(dataset, stats, 1e-3)
+
+
 def test_fit_statistics_refuse_other_splits():
     ds, _ = _split(split="test")
     with pytest.raises(DambenchInputError, match=r"train split only.*\['test'\]"):
         check_train_split(ds, "SDA")
+    train, _ = _split()
+    assert check_train_split(train, "SDA", in_chans=2) == ["u10", "t2m"]
+    with pytest.raises(DambenchInputError, match="SDA has 4 channels; the dataset has 2"):
+        check_train_split(train, "SDA", in_chans=4)
+    with pytest.raises(DambenchInputError, match="SDA.fit needs 'target'"):
+        check_train_split(train.drop_vars("target"), "SDA")

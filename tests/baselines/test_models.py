@@ -39,43 +39,7 @@ FULL_GRID = (121, 240)
 SMALL_GRID = (33, 64)
 
 
-@pytest.fixture(autouse=True)
-def default_threads():
-    """Run each test on one thread and yield the default thread count.
-
-    These tensors are small: a second OpenMP thread gains little and, when another process shares
-    the two cores, the threads' barriers stall (measured: 100 s instead of 3 s for the overfit
-    tests).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield before
-    torch.set_num_threads(before)
-
-
-def make_batch(
-    channels: int,
-    grid: tuple[int, int],
-    batch: int = 1,
-    *,
-    seed: int = 0,
-    ratio: float = 0.05,
-    modalities: int = 0,
-) -> DABatch:
-    """A random DA task: smooth-ish truth, background = truth + noise, ``ratio`` observed."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, channels, *grid)
-    target = torch.randn(shape, generator=gen)
-    # smooth the truth a little along longitude so the task has spatial structure
-    target = (target + target.roll(1, -1) + target.roll(-1, -1)) / math.sqrt(3.0)
-    background = target + 0.5 * torch.randn(shape, generator=gen)
-    mask = (torch.rand(shape, generator=gen) < ratio).float()
-    observation = (target + 0.1 * torch.randn(shape, generator=gen)) * mask
-    extra = {}
-    if modalities:
-        extra["modalities"] = torch.randn((batch, modalities, *grid), generator=gen)
-        extra["modality_present"] = torch.ones(batch, modalities)
-    return DABatch(background, observation, mask, target=target, **extra)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def roll_batch(batch: DABatch, shift: int) -> DABatch:
@@ -101,9 +65,9 @@ def build(name: str, channels: int = 4, seed: int = 0, **kwargs) -> torch.nn.Mod
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_forward_and_backward_at_121x240(name):
+def test_forward_and_backward_at_121x240(name, make_batch, with_modalities):
     model = build(name, **config_kwargs(name))
-    batch = make_batch(4, FULL_GRID, batch=1, modalities=2)
+    batch = with_modalities(make_batch(4, FULL_GRID, smooth=True), [[1.0, 1.0]])
     out = model(batch)
     assert out.mean.shape == out.std.shape == (1, 4, *FULL_GRID)
     assert torch.isfinite(out.mean).all() and torch.isfinite(out.std).all()
@@ -119,11 +83,11 @@ def test_forward_and_backward_at_121x240(name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_tiny_with_69_channels(name):
+def test_tiny_with_69_channels(name, make_batch):
     model = build(name, channels=69)
     if isinstance(model, FNP):
         assert model.channel_groups == [4, 13, 13, 13, 13, 13]
-    batch = make_batch(69, SMALL_GRID, batch=2)
+    batch = make_batch(69, SMALL_GRID, batch=2, smooth=True)
     out = model(batch)
     assert out.mean.shape == out.std.shape == (2, 69, *SMALL_GRID)
     assert torch.isfinite(out.mean).all() and (out.std > 0).all()
@@ -132,30 +96,22 @@ def test_tiny_with_69_channels(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_loss_decreases_on_a_fixed_batch(name):
+def test_loss_decreases_on_a_fixed_batch(name, make_batch, overfit):
     # A learnable task: the truth is the background shifted by 0.5 everywhere; small variants
     # with the model settings their training config uses.
     model = build(name, **config_kwargs(name))
-    task = make_batch(4, (17, 32), batch=2, seed=1)
+    task = make_batch(4, (17, 32), batch=2, seed=1, smooth=True)
     batch = DABatch(task.background, task.observation, task.mask, target=task.background + 0.5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    losses = []
-    for _ in range(20):
-        loss = model.loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit(model, batch, steps=20, lr=1e-3, clip=1.0)
     assert min(losses[-3:]) < 0.9 * losses[0], losses
 
 
 @pytest.mark.parametrize("name", ["convcnp_small", "fnp_tiny", "fnp_small"])
-def test_residual_models_start_at_the_background_and_leave_it(name):
+def test_residual_models_start_at_the_background_and_leave_it(name, make_batch):
     # The increment's last layer starts at 0: the untrained analysis is the background exactly,
     # and one optimiser step moves it (the zeroed layer still receives gradients).
     model = build(name, **config_kwargs(name))
-    batch = make_batch(4, SMALL_GRID, seed=3)
+    batch = make_batch(4, SMALL_GRID, seed=3, smooth=True)
     with torch.no_grad():
         before = model(batch).mean
     torch.testing.assert_close(before, batch.background, atol=0.0, rtol=0.0)
@@ -171,11 +127,11 @@ def test_residual_models_start_at_the_background_and_leave_it(name):
     ("name", "kwargs"),
     [(name, {}) for name in VARIANTS] + [("fnp_tiny", {"fourier_domain": "torus"})],
 )
-def test_longitude_roll_equivariance(name, kwargs):
+def test_longitude_roll_equivariance(name, kwargs, make_batch):
     # Sphere padding and the (doubly) periodic FFT commute with a roll in longitude, so the
     # analysis of a rolled task is the rolled analysis, to float32 rounding.
     model = build(name, **kwargs).eval()
-    batch = make_batch(4, SMALL_GRID, seed=2)
+    batch = make_batch(4, SMALL_GRID, seed=2, smooth=True)
     shift = 13
     with torch.no_grad():
         out = model(batch)
@@ -185,39 +141,39 @@ def test_longitude_roll_equivariance(name, kwargs):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_modalities_are_accepted_and_ignored(name):
+def test_modalities_are_accepted_and_ignored(name, make_batch, with_modalities):
     model = build(name).eval()
-    with_extra = make_batch(4, SMALL_GRID, modalities=3)
+    with_extra = with_modalities(make_batch(4, SMALL_GRID, smooth=True), [[1.0] * 3])
     without = DABatch(with_extra.background, with_extra.observation, with_extra.mask)
     with torch.no_grad():
         torch.testing.assert_close(model(with_extra).mean, model(without).mean)
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_sample_shape(name):
+def test_sample_shape(name, make_batch):
     model = build(name).eval()
-    batch = make_batch(4, SMALL_GRID, batch=2)
+    batch = make_batch(4, SMALL_GRID, batch=2, smooth=True)
     samples = model.sample(batch, 3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (3, 2, 4, *SMALL_GRID)
     assert torch.isfinite(samples).all()
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_bad_inputs_raise(name):
+def test_bad_inputs_raise(name, make_batch):
     model = build(name)
     with pytest.raises(DambenchInputError, match="in_chans"):
-        model(make_batch(5, SMALL_GRID))
-    batch = make_batch(4, SMALL_GRID)
+        model(make_batch(5, SMALL_GRID, smooth=True))
+    batch = make_batch(4, SMALL_GRID, smooth=True)
     with pytest.raises(DambenchInputError, match="mask"):
         model(DABatch(batch.background, batch.observation, batch.mask[:, :2]))
     with pytest.raises(DambenchInputError, match="target"):
         model.loss(DABatch(batch.background, batch.observation, batch.mask))
 
 
-def test_fnp_spectral_conv_runs_under_cpu_autocast():
+def test_fnp_spectral_conv_runs_under_cpu_autocast(make_batch):
     # torch.fft has no bfloat16 kernels: the spectral convolution must leave autocast.
     model = build("fnp_tiny")
-    batch = make_batch(4, SMALL_GRID)
+    batch = make_batch(4, SMALL_GRID, smooth=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = model.loss(batch)
     assert torch.isfinite(result.loss)
@@ -272,7 +228,7 @@ def test_tiny_sizes_at_4_channels():
 # --- layers --------------------------------------------------------------------------------------
 
 
-def test_default_channel_groups():
+def test_default_channel_groups(make_batch):
     assert default_channel_groups(69) == [4, 13, 13, 13, 13, 13]
     assert default_channel_groups(4) == [4]
     assert default_channel_groups(17) == [4, 13]
@@ -289,7 +245,7 @@ def test_default_channel_groups():
         setconv_kernel_size=3,
         decoder_depth=1,
     )
-    out = model(make_batch(4, (9, 16)))
+    out = model(make_batch(4, (9, 16), smooth=True))
     assert out.mean.shape == (1, 4, 9, 16)
 
 
@@ -357,10 +313,10 @@ def test_gaussian_nll_golden():
 # --- CPU step time (printed, not asserted; run with -s to see it) --------------------------------
 
 
-def test_cpu_step_time_small_variants(capsys):
+def test_cpu_step_time_small_variants(capsys, make_batch):
     # One thread (the fixture's setting): a second thread saves about a third of a step on a quiet
     # machine but stalls when the two cores are shared, so the one-thread time is the stable one.
-    batch = make_batch(4, FULL_GRID, batch=1, seed=3)
+    batch = make_batch(4, FULL_GRID, batch=1, seed=3, smooth=True)
     lines = []
     for name in ("convcnp_small", "fnp_small"):
         model = build(name)
@@ -402,10 +358,10 @@ def test_beta_nll_weights_the_mean_gradient_like_mse():
 
 
 @pytest.mark.parametrize("name", ["convcnp_tiny", "fnp_tiny"])
-def test_detached_std_does_not_train_the_encoders(name):
+def test_detached_std_does_not_train_the_encoders(name, make_batch):
     # With detach_std the std's loss reaches only the std decoder(s).
     model = build(name, detach_std=True)
-    out = model(make_batch(4, SMALL_GRID, seed=5))
+    out = model(make_batch(4, SMALL_GRID, seed=5, smooth=True))
     out.std.sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
     assert with_grad and all(".std_mlp." in n for n in with_grad), sorted(with_grad)

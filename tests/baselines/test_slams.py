@@ -5,16 +5,11 @@ EMA that resumes bit-identically and never moves the frozen autoencoder.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import xarray as xr
-from test_sda import make_batch, run_straight_and_resumed
+from test_sda import run_straight_and_resumed
 
-from baselines.config import load_run_config
 from baselines.interface import DABatch
 from baselines.layers.conv import count_parameters
 from baselines.layers.diffusion import SamplerSettings, sample
@@ -24,64 +19,11 @@ from dambench import schema
 from dambench.batching import make_dataloader
 from dambench.exceptions import DambenchInputError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "baselines" / "configs"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def with_modalities(batch: DABatch, present: list[list[float]], seed: int = 1) -> DABatch:
-    gen = torch.Generator().manual_seed(seed)
-    b, _, h, w = batch.background.shape
-    flags = torch.tensor(present)
-    return DABatch(
-        batch.background,
-        batch.observation,
-        batch.mask,
-        target=batch.target,
-        modalities=torch.randn((b, flags.shape[1], h, w), generator=gen) * flags[:, :, None, None],
-        modality_present=flags,
-    )
-
-
-def train_split(n_time: int = 4, grid=(13, 24)) -> tuple[xr.Dataset, xr.Dataset]:
-    """A train split in physical units without modalities (channel std 1..4)."""
-    rng = np.random.default_rng(0)
-    channels = ["u10", "v10", "t2m", "msl"]
-    scale = np.arange(1.0, 5.0)[None, :, None, None]
-    smooth = rng.standard_normal((n_time, 4, *grid))
-    smooth = (smooth + np.roll(smooth, 1, -1) + np.roll(smooth, 1, -2)) / np.sqrt(3)
-    target = scale * smooth
-    lat = np.linspace(90, -90, grid[0])
-    lon = np.arange(grid[1]) * 360.0 / grid[1]
-    ds = xr.Dataset(
-        {
-            "target": (schema.CANONICAL_DIMS, target),
-            "background": (
-                schema.CANONICAL_DIMS,
-                target + 0.5 * scale * rng.standard_normal(target.shape),
-            ),
-        },
-        coords={
-            schema.TIME: np.arange(n_time).astype("datetime64[D]").astype("datetime64[ns]"),
-            schema.CHANNEL: channels,
-            schema.LATITUDE: lat,
-            schema.LONGITUDE: lon,
-            "split": (schema.TIME, ["train"] * n_time),
-        },
-        attrs={"observation": json.dumps({"noise": "default", "pattern": "random", "seed": 0})},
-    )
-    ds["observation"] = ds["target"].where(rng.random(target.shape) < 0.05)
-    stats = xr.Dataset(
-        {"mean": (schema.CHANNEL, np.zeros(4)), "std": (schema.CHANNEL, scale.ravel())},
-        coords={schema.CHANNEL: channels},
-    )
-    return ds, stats
+SPLIT = {"scale": [1.0, 2.0, 3.0, 4.0], "smooth": True}
+"""A smooth train split (channel std 1..4) without modalities."""
 
 
 # --- shapes, sizes and the contract ---------------------------------------------------------------
@@ -94,9 +36,9 @@ def test_info_says_ensemble_with_modalities():
 
 
 @pytest.mark.parametrize("grid", [(25, 48), (121, 240)])
-def test_tiny_forward_backward_and_analysis_shapes(grid):
+def test_tiny_forward_backward_and_analysis_shapes(grid, make_batch, with_modalities):
     torch.manual_seed(0)
-    model = create_model("slams_tiny")
+    model = create_model("slams_tiny", steps=4 if grid[0] > 100 else 8)  # 121 x 240: cheaper
     batch = with_modalities(make_batch(grid=grid, batch=1), [[1.0]])
     out = model(batch)
     assert out.mean.shape == batch.background.shape and torch.isfinite(out.mean).all()
@@ -125,7 +67,7 @@ def test_full_size():
 # --- modalities -----------------------------------------------------------------------------------
 
 
-def test_absent_modalities_are_flagged_not_faked():
+def test_absent_modalities_are_flagged_not_faked(make_batch, with_modalities):
     torch.manual_seed(0)
     model = create_model("slams_tiny", modality_chans=2).eval()
     base = make_batch(batch=2)
@@ -141,21 +83,12 @@ def test_absent_modalities_are_flagged_not_faked():
         modality_present=present.modality_present,
     )
     torch.testing.assert_close(model.da_latent(noisy), latent)
-    # ... but its absence is seen: absent differs from "present and zero"
-    zeros = DABatch(
-        base.background,
-        base.observation,
-        base.mask,
-        modalities=torch.zeros(2, 2, 25, 48),
-        modality_present=torch.ones(2, 2),
-    )
-    absent = DABatch(
-        base.background,
-        base.observation,
-        base.mask,
-        modalities=torch.zeros(2, 2, 25, 48),
-        modality_present=torch.zeros(2, 2),
-    )
+    # ... but its absence is seen: absent differs from "present and zero" (the loader's
+    # modality_mask says a cell holds data, whatever its value)
+    blank = {**base.__dict__, "modalities": torch.zeros(2, 2, 25, 48)}
+    cells = torch.ones(2, 2, 25, 48)
+    zeros = DABatch(**{**blank, "modality_present": torch.ones(2, 2), "modality_mask": cells})
+    absent = DABatch(**{**blank, "modality_present": torch.zeros(2, 2)})
     assert not torch.allclose(model.da_latent(zeros), model.da_latent(absent))
     # a batch without modalities counts as all absent
     torch.testing.assert_close(
@@ -166,11 +99,65 @@ def test_absent_modalities_are_flagged_not_faked():
         model.da_latent(with_modalities(base, [[1.0], [1.0]]))
 
 
+def test_presence_is_per_cell(make_batch, with_modalities):
+    """The presence channels follow ``modality_mask`` cell by cell: one cell marked absent
+    changes the latent, and its value is no longer read."""
+    torch.manual_seed(0)
+    model = create_model("slams_tiny", modality_chans=1).eval()
+    base = with_modalities(make_batch(batch=1), [[1.0]])
+    mask = torch.ones(1, 1, 25, 48)
+    full = DABatch(**{**base.__dict__, "modality_mask": mask})
+    mask = mask.clone()
+    mask[0, 0, 12, 20] = 0.0
+    hole = DABatch(**{**base.__dict__, "modality_mask": mask})
+    assert not torch.allclose(model.da_latent(hole), model.da_latent(full))
+    values = base.modalities.clone()
+    values[0, 0, 12, 20] += 7.0
+    moved = DABatch(**{**hole.__dict__, "modalities": values})
+    torch.testing.assert_close(model.da_latent(moved), model.da_latent(hole), rtol=0, atol=0)
+
+
+def test_fit_trains_the_autoencoder_alone_and_the_loss_the_adapter_alone(train_split):
+    """multi_slams: stage 1 (fit) leaves an attached adapter untouched (no step, no
+    gradient), so a host checkpoint loaded afterwards starts at the host; stage 2's loss adds
+    the frozen autoencoder's reconstruction error, which trains the adapter and nothing else."""
+    from baselines.models.multi import adapter_of
+
+    ds, stats = train_split(**SPLIT)
+    rng = np.random.default_rng(1)
+    gauges = (rng.random((4, 13, 24)) < 0.3).astype(np.float32)
+    gauges[:, :4] = np.nan  # cells without data
+    ds["precip_gauges"] = ((schema.TIME, schema.LATITUDE, schema.LONGITUDE), gauges, {"units": "1"})
+    torch.manual_seed(0)
+    multi = create_model("multi_slams_tiny", modalities=["precip_gauges"])
+    adapter = adapter_of(multi)
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    multi.fit(ds, stats)
+    assert all(torch.equal(v, before[k]) for k, v in adapter.state_dict().items())
+    assert all(p.requires_grad and p.grad is None for p in adapter.parameters())
+    assert all(p.requires_grad for p in multi.unet.parameters())
+    for head in adapter.heads:  # stand-in for a trained adapter
+        torch.nn.init.normal_(head.weight, std=0.3)
+    raw = next(iter(make_dataloader(ds, stats=stats, batch_size=2, train=True)))
+    batch = DABatch.from_loader(raw)
+    assert bool((batch.modality_mask[:, 0, :4] == 0).all() and batch.modality_mask[:, 0, 4:].all())
+    result = multi.train().loss(batch)
+    result.loss.backward()
+    frozen = [*multi.encoder.parameters(), *multi.decoder.parameters()]
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in adapter.parameters())
+    with torch.no_grad():
+        clean = multi.decode(multi.clean_latent(batch)) - batch.target
+        da = multi.decode(multi.da_latent(batch)) - batch.target
+    expected = float(clean.square().mean() + da.square().mean())
+    assert result.diagnostics["adapter_reconstruction"] == pytest.approx(expected, rel=1e-5)
+
+
 # --- fit: the frozen autoencoder ------------------------------------------------------------------
 
 
-def test_fit_trains_then_freezes_the_autoencoder_and_standardises_latents():
-    ds, stats = train_split()
+def test_fit_trains_then_freezes_the_autoencoder_and_standardises_latents(train_split):
+    ds, stats = train_split(**SPLIT)
     torch.manual_seed(0)
     model = create_model("slams_tiny", ae_epochs=15, ae_batch_size=1, ae_lr=3e-3)
     assert not any(p.requires_grad for p in model.encoder.parameters())
@@ -208,7 +195,7 @@ def test_fit_trains_then_freezes_the_autoencoder_and_standardises_latents():
 # --- guidance -------------------------------------------------------------------------------------
 
 
-def test_latent_guidance_gives_the_closed_form_posterior():
+def test_latent_guidance_gives_the_closed_form_posterior(make_batch, with_modalities):
     # Untrained prior = N(0, I) on standardised latents; the latent pseudo-observation
     # y_z ~ N(z, sigma_z^2) alone (no pixel term) gives the posterior mean y_z / (1 + sigma_z^2).
     torch.manual_seed(0)
@@ -237,7 +224,7 @@ def test_latent_guidance_gives_the_closed_form_posterior():
     assert float(z.var(0).mean()) == pytest.approx(sigma_z**2 / (1 + sigma_z**2), rel=0.3)
 
 
-def test_pixel_guidance_pulls_decoded_members_to_the_observations():
+def test_pixel_guidance_pulls_decoded_members_to_the_observations(make_batch, with_modalities):
     torch.manual_seed(0)
     batch = with_modalities(make_batch(grid=(9, 16), batch=1), [[1.0]])
     mask = (torch.rand_like(batch.mask) < 0.3).float()
@@ -246,7 +233,7 @@ def test_pixel_guidance_pulls_decoded_members_to_the_observations():
 
     def misfit(pixel: bool) -> float:
         torch.manual_seed(0)
-        model = create_model("slams_tiny", pixel_guidance=pixel, steps=32).eval()
+        model = create_model("slams_tiny", pixel_guidance=pixel, steps=16).eval()
         members = model.analyse(batch, members=4, seed=0).members
         return float(
             ((members - batch.observation[:, None]) * batch.mask[:, None]).square().sum()
@@ -256,10 +243,10 @@ def test_pixel_guidance_pulls_decoded_members_to_the_observations():
     assert misfit(True) < 0.5 * misfit(False)
 
 
-def test_input_checks_and_unfitted_refusal():
+def test_input_checks_and_unfitted_refusal(make_batch, with_modalities):
     model = create_model("slams_small")
     with pytest.raises(DambenchInputError, match="not fitted: call fit"):
-        model.analyse(with_modalities(make_batch(), [[1.0, 1.0]] * 2))
+        model.analyse(with_modalities(make_batch(batch=2), [[1.0, 1.0]] * 2))
     with pytest.raises(DambenchInputError, match=r"expects \(B, 4, H, W\)"):
         model.loss(make_batch(channels=5))
     with pytest.raises(DambenchInputError, match="modality_chans"):
@@ -282,10 +269,7 @@ def test_resumed_run_is_bit_identical_and_the_ema_leaves_the_autoencoder(tmp_pat
             assert torch.equal(value, a["raw_model"][name]), name  # fitted before the EMA
 
 
-def test_configs_load_and_build():
-    for size in ("small", "full"):
-        cfg = load_run_config(CONFIGS / f"slams_{size}.yaml")
-        assert cfg.model.name == f"slams_{size}" and cfg.train.ema_decay is not None
-        with torch.device("meta"):
-            model = create_model(cfg.model.name, **cfg.model.kwargs)
-        assert isinstance(model, SLAMS)
+@pytest.mark.parametrize("size", ["small", "full"])
+def test_configs_load_and_build(size, config_model):
+    cfg, model = config_model(f"slams_{size}")
+    assert cfg.train.ema_decay is not None and isinstance(model, SLAMS)

@@ -12,46 +12,25 @@ state dict.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 
-from baselines.config import load_run_config
 from baselines.interface import DABatch
 from baselines.layers.conv import count_parameters
 from baselines.layers.lgunet import LGUnet
-from baselines.models.vaevar import VAEVar, variational_solve
+from baselines.layers.variational import variational_solve
+from baselines.models.vaevar import VAEVar
 from baselines.registry import create_model, model_info
 from dambench import schema
 from dambench.exceptions import DambenchInputError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "baselines" / "configs"
 SMALL_GRID = (25, 48)
 TINY_GRID = (13, 24)
 FULL_GRID = (121, 240)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_batch(
-    channels: int, grid: tuple[int, int], batch: int = 1, seed: int = 0, ratio: float = 0.05
-) -> DABatch:
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, channels, *grid)
-    target = torch.randn(shape, generator=gen)
-    background = target + 0.5 * torch.randn(shape, generator=gen)
-    mask = (torch.rand(shape, generator=gen) < ratio).float()
-    observation = (target + 0.1 * torch.randn(shape, generator=gen)) * mask
-    return DABatch(background, observation, mask, target=target)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(channels: int = 4, grid: tuple[int, int] = TINY_GRID, **kwargs) -> VAEVar:
@@ -63,7 +42,7 @@ def tiny(channels: int = 4, grid: tuple[int, int] = TINY_GRID, **kwargs) -> VAEV
 
 
 @pytest.mark.parametrize(("channels", "grid"), [(4, SMALL_GRID), (14, SMALL_GRID), (4, FULL_GRID)])
-def test_vae_forward_backward(channels, grid):
+def test_vae_forward_backward(channels, grid, make_batch):
     model = tiny(channels, grid).train()
     assert model.latent_groups == ([2] if channels == 4 else [2, 1, 1, 1, 1, 1])
     batch = make_batch(channels, grid, batch=2)
@@ -76,7 +55,7 @@ def test_vae_forward_backward(channels, grid):
         assert torch.isfinite(param.grad).all(), f"non-finite gradient for {name}"
 
 
-def test_vae_loss_is_the_documented_formula():
+def test_vae_loss_is_the_documented_formula(make_batch):
     # With the encoder's posterior fixed at mu = 0, log-variance -30 (no sampling noise to
     # speak of), the loss is sum (D(0) - eps)^2 / (2 sigma^2) / n + KL / n, KL computed here.
     model = tiny(4, TINY_GRID, recon_sigma=0.7)
@@ -114,30 +93,19 @@ def test_full_parameter_count_matches_upstream():
 
 def test_lgunet_pads_and_crops_any_grid():
     torch.manual_seed(0)
-    net = LGUnet(
-        [4],
-        [3],
-        enc_dim=8,
-        depths=(1, 1),
-        num_heads=(1, 2),
-        embed_dim=16,
-        global_depths=(1,),
-        global_heads=2,
-        window_size=(4, 4),
-        img_size=FULL_GRID,
-    )
-    assert net.pos_embed.shape[1:3] == (31, 60)  # 121 -> 124 rows, / 4
+    net = create_model("vaevar_tiny", img_size=FULL_GRID).decoder  # LGUnet [2] -> [4]
+    assert isinstance(net, LGUnet) and net.pos_embed.shape[1:3] == (31, 60)  # 124 rows / 4
     for grid in (FULL_GRID, (11, 18)):
-        out = net(torch.randn(1, 4, *grid))
-        assert out.shape == (1, 3, *grid) and torch.isfinite(out).all()
-    with pytest.raises(ValueError, match="expects 4 channels"):
+        out = net(torch.randn(1, 2, *grid))
+        assert out.shape == (1, 4, *grid) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="expects 2 channels"):
         net(torch.randn(1, 3, 12, 12))
 
 
 # --- the analysis --------------------------------------------------------------------------------
 
 
-def test_no_observations_give_background_plus_decoded_zero():
+def test_no_observations_give_background_plus_decoded_zero(make_batch):
     model = tiny(4, TINY_GRID)
     model.set_error_statistics([0.5, 1.0, 2.0, 3.0], 0.1)
     batch = make_batch(4, TINY_GRID, ratio=0.0)
@@ -150,7 +118,7 @@ def test_no_observations_give_background_plus_decoded_zero():
     assert (solution.latent == 0).all()
 
 
-def test_cost_never_increases_across_outer_steps():
+def test_cost_never_increases_across_outer_steps(make_batch):
     model = tiny(4, TINY_GRID, outer_steps=4, bg_lambda=1.0)
     batch = make_batch(4, TINY_GRID, batch=2, ratio=0.3)
     for solution in model.solve(batch):
@@ -161,7 +129,7 @@ def test_cost_never_increases_across_outer_steps():
         assert solution.evaluations >= 4
 
 
-def test_dense_observations_with_small_r_are_approached():
+def test_dense_observations_with_small_r_are_approached(make_batch):
     # Every point observed without noise: as R shrinks, J's minimiser moves towards the
     # observations. One channel, so the latent has as many values as the state.
     grid = (9, 12)
@@ -238,7 +206,7 @@ def test_linear_gaussian_toy_matches_closed_form():
     torch.testing.assert_close(solution.analysis, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_analysis_is_deterministic_and_per_sample():
+def test_analysis_is_deterministic_and_per_sample(make_batch):
     model = tiny(4, TINY_GRID, bg_lambda=1.0)
     batch = make_batch(4, TINY_GRID, batch=2, ratio=0.2)
     first = model.analyse(batch, seed=0).mean
@@ -248,7 +216,7 @@ def test_analysis_is_deterministic_and_per_sample():
     assert not torch.equal(first, batch.background)
 
 
-def test_analysis_owns_its_grad_mode():
+def test_analysis_owns_its_grad_mode(make_batch):
     model = tiny(4, TINY_GRID, bg_lambda=1.0)
     batch = make_batch(4, TINY_GRID, ratio=0.2)
     reference = model.analyse(batch).mean
@@ -262,7 +230,76 @@ def test_analysis_owns_its_grad_mode():
         model.analyse(batch, members=2)
 
 
-def test_analysis_restores_training_mode():
+# --- the multi-modal adapter's first guess ------------------------------------------------------
+
+
+def _multi(**kwargs) -> VAEVar:
+    from baselines.models.multi import adapter_of
+
+    torch.manual_seed(0)
+    model = create_model(
+        "multi_vaevar_tiny", img_size=TINY_GRID, modalities=["olr"], bg_lambda=1.0, **kwargs
+    ).eval()
+    for head in adapter_of(model).heads:  # stand-in for a trained adapter
+        torch.nn.init.normal_(head.weight, std=0.3)
+    return model
+
+
+def test_the_solve_starts_from_the_first_guess(make_batch, with_modalities):
+    """``variational_solve(z0=...)`` starts at ``J(z0)``; ``z0 = 0`` is the plain solve bit
+    for bit; the model's first guess is the adapter's, exactly 0 for a sample without
+    modalities."""
+    model = _multi()
+    batch = with_modalities(make_batch(4, TINY_GRID, batch=2, ratio=0.2), [[0.0], [1.0]], seed=3)
+    z0 = model._first_guess(batch).detach()  # (B, L, H, W)
+    assert z0.shape == (2, 2, *TINY_GRID) and bool((z0[0] == 0).all()) and z0[1].abs().sum() > 0
+    sigma = model.sigma_err.view(1, -1, 1, 1)
+    variance = model.obs_error_std.clamp(min=model.obs_error_floor) ** 2
+    fields = (batch.background[1:], batch.observation[1:], batch.mask[1:])
+    common = dict(latent_shape=(2, *TINY_GRID), bg_lambda=1.0, outer_steps=1, max_iter=3)
+    started = variational_solve(
+        model.decoder, *fields, model.sigma_err, variance, z0=z0[1:], **common
+    )
+    with torch.no_grad():
+        misfit = batch.background[1:] + model.decoder(z0[1:]) * sigma - batch.observation[1:]
+        weight = batch.mask[1:] / variance.view(1, -1, 1, 1)
+        cost = 0.5 * z0[1:].square().sum() + 0.5 * (weight * misfit.square()).sum()
+    assert started.costs[0] == pytest.approx(float(cost), rel=1e-5)
+    plain = variational_solve(model.decoder, *fields, model.sigma_err, variance, **common)
+    zero = variational_solve(
+        model.decoder, *fields, model.sigma_err, variance, z0=torch.zeros_like(z0[1:]), **common
+    )
+    assert torch.equal(zero.analysis, plain.analysis) and zero.costs == plain.costs
+    assert started.costs[0] != plain.costs[0]
+    with pytest.raises(DambenchInputError, match=r"z0 must be \(1, 2, 13, 24\)"):
+        variational_solve(model.decoder, *fields, model.sigma_err, variance, z0=z0, **common)
+
+
+def test_the_first_guess_term_trains_the_adapter_only(make_batch, with_modalities):
+    """The loss adds mean((D(z0) - eps)^2) with the decoder's weights detached: the VAE's
+    encoder and decoder get only their own terms' gradients, the adapter only this one."""
+    from baselines.models.multi import adapter_of
+
+    model = _multi().train()
+    batch = with_modalities(make_batch(4, TINY_GRID, batch=2), [[1.0], [1.0]], seed=3)
+    eps = (batch.target - batch.background) / model.sigma_err.view(1, -1, 1, 1)
+    term = model._first_guess_error(batch, eps)
+    with torch.no_grad():
+        expected = (model.decoder(model._first_guess(batch)) - eps).square().mean()
+    torch.testing.assert_close(term, expected)
+    term.backward()
+    assert all(p.grad is None for p in (*model.encoder.parameters(), *model.decoder.parameters()))
+    assert all(p.grad is not None for p in adapter_of(model).parameters())
+    host = create_model("vaevar_tiny", img_size=TINY_GRID, bg_lambda=1.0).train()
+    host.load_state_dict(model.state_dict(), strict=False)
+    torch.manual_seed(5)
+    result = model.loss(batch)
+    assert result.diagnostics["adapter_first_guess"] == pytest.approx(float(term.detach()))
+    torch.manual_seed(5)
+    assert host.loss(batch).diagnostics["vae_loss"] == result.diagnostics["vae_loss"]
+
+
+def test_analysis_restores_training_mode(make_batch):
     model = tiny(4, TINY_GRID).train()
     model.analyse(make_batch(4, TINY_GRID, ratio=0.2))
     assert model.decoder.training and model.encoder.training
@@ -271,37 +308,12 @@ def test_analysis_restores_training_mode():
 # --- error statistics ----------------------------------------------------------------------------
 
 
-def synthetic_train_split(n_time: int = 3, seed: int = 0) -> tuple[xr.Dataset, xr.Dataset]:
-    """A physical-units train split of 4 surface channels and its stats."""
-    rng = np.random.default_rng(seed)
-    channels = list(schema.SURFACE_VARIABLES)
-    shape = (n_time, 4, *TINY_GRID)
-    scale = np.array([5.0, 4.0, 20.0, 1300.0])[None, :, None, None]
-    target = rng.normal(size=shape) * scale
-    background = (
-        target
-        + rng.normal(size=shape) * scale * np.array([0.3, 0.5, 0.1, 0.2])[None, :, None, None]
-    )
-    dims = schema.CANONICAL_DIMS
-    coords = {
-        schema.TIME: np.arange(n_time),
-        schema.CHANNEL: channels,
-        "split": (schema.TIME, ["train"] * n_time),
-    }
-    ds = xr.Dataset(
-        {"target": (dims, target), "background": (dims, background)},
-        coords=coords,
-        attrs={"observation": '{"noise": "default", "ratio": 0.05}', "dambench_dataset": "toy"},
-    )
-    stats = xr.Dataset(
-        {"mean": (schema.CHANNEL, np.zeros(4)), "std": (schema.CHANNEL, scale.ravel())},
-        coords={schema.CHANNEL: channels},
-    )
-    return ds, stats
+SPLIT = {"n_time": 3, "scale": [5.0, 4.0, 20.0, 1300.0], "error": [0.3, 0.5, 0.1, 0.2]}
+"""A train split of the 4 surface channels on the tiny grid."""
 
 
-def test_fit_matches_a_direct_computation_and_is_checkpointed():
-    ds, stats = synthetic_train_split()
+def test_fit_matches_a_direct_computation_and_is_checkpointed(make_batch, train_split):
+    ds, stats = train_split(**SPLIT)
     model = create_model("vaevar_small", img_size=TINY_GRID)
     with pytest.raises(DambenchInputError, match="call model.fit"):
         model.analyse(make_batch(4, TINY_GRID))
@@ -319,8 +331,8 @@ def test_fit_matches_a_direct_computation_and_is_checkpointed():
     torch.testing.assert_close(restored.obs_error_std, model.obs_error_std)
 
 
-def test_fit_refuses_other_splits_and_channel_counts():
-    ds, stats = synthetic_train_split()
+def test_fit_refuses_other_splits_and_channel_counts(train_split):
+    ds, stats = train_split(**SPLIT)
     mixed = ds.assign_coords(split=(schema.TIME, ["train", "test", "train"]))
     model = create_model("vaevar_small", img_size=TINY_GRID)
     with pytest.raises(DambenchInputError, match="train split only"):
@@ -349,13 +361,10 @@ def test_bad_settings_are_refused(kwargs, fragment):
 
 
 @pytest.mark.parametrize("size", ["small", "full"])
-def test_configs_build_their_variant_with_every_solve_setting(size):
-    cfg = load_run_config(CONFIGS / f"vaevar_{size}.yaml")
-    assert cfg.model.name == f"vaevar_{size}"
+def test_configs_build_their_variant_with_every_solve_setting(size, config_model):
+    cfg, model = config_model(f"vaevar_{size}")
     solve_keys = {"recon_sigma", "bg_lambda", "outer_steps", "lbfgs_max_iter", "lbfgs_history"}
     assert solve_keys <= set(cfg.model.kwargs)
-    with torch.device("meta"):
-        model = create_model(cfg.model.name, **cfg.model.kwargs)
     for key in solve_keys:
         assert getattr(model, key) == cfg.model.kwargs[key]
     if size == "small":

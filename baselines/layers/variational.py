@@ -1,0 +1,118 @@
+"""The latent variational solve of VAE-Var: L-BFGS on ``J(z)`` through a differentiable decoder.
+
+Written from ``shared/reference/baselines.md`` sections 5 and 11 (VAE-Var, Xiao et al. 2025,
+https://arxiv.org/abs/2405.13711); no code was copied. Used by :mod:`baselines.models.vaevar`,
+which documents the method and its settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dambench.exceptions import DambenchInputError
+
+__all__ = ["VariationalSolution", "variational_solve"]
+
+
+@dataclass(frozen=True)
+class VariationalSolution:
+    """The result of :func:`variational_solve` for one sample.
+
+    Attributes
+    ----------
+    analysis
+        ``x(z*)`` (1, C, H, W), normalised units, no gradient.
+    latent
+        ``z*`` (1, L, H, W).
+    costs
+        ``J`` at the starting point (``z = 0`` or ``z0``) and after each outer step
+        (``outer_steps + 1`` values).
+    evaluations
+        Number of cost-and-gradient evaluations (decoder forward + backward passes).
+    """
+
+    analysis: torch.Tensor
+    latent: torch.Tensor
+    costs: list[float]
+    evaluations: int
+
+
+def variational_solve(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    background: torch.Tensor,
+    observation: torch.Tensor,
+    mask: torch.Tensor,
+    sigma_err: torch.Tensor,
+    obs_variance: torch.Tensor,
+    latent_shape: Sequence[int],
+    *,
+    bg_lambda: float = 400.0,
+    outer_steps: int = 2,
+    max_iter: int = 10,
+    history_size: int = 10,
+    z0: torch.Tensor | None = None,
+) -> VariationalSolution:
+    """Minimise ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x_b + D(z) sigma - y)^2 / R) / lambda``.
+
+    Parameters
+    ----------
+    decode
+        ``z`` (1, *latent_shape) -> increment in error units (1, C, H, W); differentiable.
+    background, observation, mask
+        (1, C, H, W): ``x_b``, ``y`` (any value where unobserved) and 1 where observed.
+    sigma_err, obs_variance
+        (C,): the error scale and ``R`` (normalised units, > 0).
+    latent_shape
+        (L, H, W) of ``z``.
+    bg_lambda, outer_steps, max_iter, history_size
+        ``lambda``; L-BFGS steps and each step's iterations and history (strong-Wolfe line
+        search, as upstream).
+    z0
+        (1, *latent_shape) first guess to start from (a multi-modal adapter's); ``None``: 0.
+
+    Returns
+    -------
+    VariationalSolution
+        Starting from ``z0`` (default 0). With no observations and ``z0 = 0``, ``z* = 0`` (the
+        gradient vanishes there).
+    """
+    sigma = sigma_err.view(1, -1, 1, 1).to(background)
+    weight = mask / obs_variance.view(1, -1, 1, 1).to(background) / bg_lambda  # (1, C, H, W)
+    shape = (1, *latent_shape)
+    if z0 is not None and tuple(z0.shape) != shape:
+        raise DambenchInputError(f"z0 must be {shape}; got {tuple(z0.shape)}.")
+    start = torch.zeros(shape, dtype=background.dtype, device=background.device)
+    z = (start if z0 is None else z0.detach().to(background).clone()).requires_grad_(True)
+    evaluations = 0
+
+    def cost(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        analysis = background + decode(latent) * sigma
+        misfit = analysis - observation
+        return 0.5 * (latent**2).sum() + 0.5 * (weight * misfit**2).sum(), analysis
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        value, _ = cost(z)
+        z.grad = torch.autograd.grad(value, z)[0]
+        return value.detach()
+
+    with torch.no_grad():
+        costs = [float(cost(z)[0])]
+    optimizer = torch.optim.LBFGS(
+        [z],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=history_size,
+        line_search_fn="strong_wolfe",
+    )
+    for _ in range(outer_steps):
+        optimizer.step(closure)
+        with torch.no_grad():
+            costs.append(float(cost(z)[0]))
+    with torch.no_grad():
+        analysis = cost(z)[1]
+    return VariationalSolution(analysis.detach(), z.detach(), costs, evaluations)
