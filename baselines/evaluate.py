@@ -171,19 +171,33 @@ def _provenance(model, checkpoint: str | None) -> dict:
 
 
 def _kept_modalities(text: str | None) -> list[str] | None:
-    """``--modalities``: None (all), ``"none"`` (withhold all) or ``"a,b"``."""
+    """``--modalities``: None (all), ``"none"`` (withhold all) or ``"a,b"``. A group name keeps
+    every variable of its group (``precip`` keeps ``precip`` and its gauge-count channel
+    ``precip_gauges``); a variable name keeps that variable only."""
+    from dambench.modalities import names_for_groups
+
     if text is None:
         return None
-    return [] if text.strip().lower() == "none" else [n.strip() for n in text.split(",") if n]
+    if text.strip().lower() == "none":
+        return []
+    kept: list[str] = []
+    for token in (n.strip() for n in text.split(",") if n.strip()):
+        group = names_for_groups([token]) if token in schema.MODALITY_GROUPS else []
+        kept += [name for name in group or [token] if name not in kept]
+    return kept
 
 
 def modality_labels(ds: xr.Dataset, keep: list[str] | None) -> dict:
-    """What a multi-modal result used: the modalities kept and each one's recorded source."""
+    """What a multi-modal result used: the modality variables kept and withheld, and each
+    group's recorded source."""
+    from dambench.modalities import stored_modalities
+
     recorded = ds.attrs.get("modalities") or "{}"
     sources = json.loads(recorded) if isinstance(recorded, str) else dict(recorded)
-    available = [name for name in sources if name in ds.data_vars]
+    available = stored_modalities(ds)
     used = available if keep is None else [name for name in available if name in keep]
-    return {"used": used, "withheld": sorted(set(available) - set(used)), "sources": sources}
+    withheld = [name for name in available if name not in used]
+    return {"used": used, "withheld": withheld, "sources": sources}
 
 
 def _predict_all(args, ds, stats, models, out: Path, name: str) -> dict:
@@ -309,11 +323,30 @@ def table4(results: list[dict]) -> str | None:
         rows[multi["model"]] = row
         used = multi.get("modalities", {})
         sources = "; ".join(f"{m}: {used['sources'].get(m, '?')}" for m in used.get("used", []))
-        notes.append(f"- {multi['model']} over {host['model']}: modalities {sources or 'none'}")
+        notes.append(
+            f"- {multi['model']} over {host['model']}: modalities {sources or 'none'}; "
+            f"{training_note(multi, host)}"
+        )
     if not rows:
         return None
     columns = [title for title, *_ in TABLE3] + ["Imp (%)"]
     return _format_rows(rows, columns) + "\n\n" + "\n".join(notes)
+
+
+def training_note(multi: dict, host: dict) -> str:
+    """How a Multi-X result was trained relative to its X result: fine-tuned from that very
+    checkpoint (Imp is the adapter's), from another one, or from scratch (Imp then also holds
+    the difference between two training runs)."""
+    start = ((multi.get("models") or [{}])[0].get("checkpoint") or {}).get("init_from")
+    if not start:
+        return (
+            "trained from scratch (host and adapter together): Imp also holds the difference "
+            "between two training runs; `evaluate.py run --modalities none` separates them"
+        )
+    paths = [(m.get("checkpoint") or {}).get("checkpoint") for m in host.get("models", [])]
+    same = Path(start["path"]).resolve() in {Path(p).resolve() for p in paths if p}
+    which = "this host's checkpoint" if same else "another checkpoint"
+    return f"fine-tuned from {which} {start['path']} (epoch {start['epoch']})"
 
 
 def _ensemble_rows(results: list[dict]) -> str | None:
@@ -420,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--by", choices=["month", "season"], help="also score per period")
     run_p.add_argument(
         "--modalities",
-        help="none or NAME[,NAME]: withhold the other modalities "
-        "(marked absent) from a multi-modal model, for an ablation",
+        help="none or NAME[,NAME]: withhold the other modalities (marked absent) from a "
+        "multi-modal model, for an ablation; a group name (precip, olr) keeps its gauge-count "
+        "channel too",
     )
     board = sub.add_parser("leaderboard", help="collect results.json files into one table")
     board.add_argument("results", nargs="+", help="results.json files of evaluate.py run")

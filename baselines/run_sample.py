@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         help="configs to train (baselines/configs/NAME.yaml)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip Background and 3D-Var (e.g. when another run in the same folder scores them)",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     folder = ensure_embedded()
     results = []
-    for reference in _references():
+    for reference in [] if args.no_references else _references():
         started = time.perf_counter()
         evaluate.run(_eval_args(folder, out / reference, model=reference))
         print(f"evaluated {reference} in {time.perf_counter() - started:.1f} s")

@@ -3,7 +3,9 @@
 A synthetic DAMBench-layout store (69 channels, 1.5 degree grid, every cycle in the test split)
 and a prediction store of the same cycles are scored in a fresh process for each cycle count;
 peak RSS (``ru_maxrss`` of the child) must stay flat as the number of cycles grows, because
-scoring reads a bounded block of cycles at a time.
+scoring reads a bounded block of cycles at a time. ``--path baselines`` measures
+``baselines/evaluate.py`` instead (the Background model streamed through the loader into a
+prediction store, then scored), which must stay flat too.
 
 rss_ratio = peak RSS scoring the most cycles / peak RSS scoring one cycle.
 seconds_per_cycle = wall time per cycle (both methods: the predictions and the background).
@@ -32,6 +34,20 @@ import json, sys, time, resource
 from dambench.scoring import evaluate_predictions
 start = time.perf_counter()
 evaluate_predictions(sys.argv[1], sys.argv[2], n_resamples=200, figure_channel=None)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+BASELINES_CHILD = """
+import json, sys, time, resource
+from argparse import Namespace
+from baselines import evaluate
+start = time.perf_counter()
+evaluate.run(Namespace(model="background", checkpoint=None, dataset=sys.argv[2], split="test",
+                       out=sys.argv[3], name="background", members=None, sample_seed=0,
+                       batch_size=1, bootstrap=200, channel=None, region=["global"], by=None,
+                       modalities=None))
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -70,6 +86,7 @@ def write_stores(folder: Path, n: int) -> tuple[Path, Path]:
             name: (schema.CANONICAL_DIMS, _field(rng, 1, k))
             for k, name in enumerate(("target", "background", "observation"))
         }
+        block["mask"] = (schema.CANONICAL_DIMS, rng.random(block["target"][1].shape) < 0.05)
         one = xr.Dataset(
             block,
             coords={
@@ -99,13 +116,20 @@ def write_stores(folder: Path, n: int) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--path",
+        choices=["scoring", "baselines"],
+        default="scoring",
+        help="dambench.evaluate_predictions, or baselines/evaluate.py with the Background model",
+    )
     args = parser.parse_args()
+    child = CHILD if args.path == "scoring" else BASELINES_CHILD
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.cycles:
             dataset, predictions = write_stores(Path(tmp), n)
             done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(predictions), str(dataset)],
+                [sys.executable, "-c", child, str(predictions), str(dataset), f"{tmp}/out{n}"],
                 capture_output=True,
                 text=True,
                 check=True,

@@ -8,7 +8,7 @@ from dambench import schema
 
 DESCRIPTION = (
     "Score predictions (a Zarr store or netCDF file per seed, local or any fsspec URL) on a "
-    "split of a DAMBench dataset: the paper's Table 3 with 95 %% block-bootstrap intervals "
+    "split of a DAMBench dataset: the paper's Table 3 with 95 % block-bootstrap intervals "
     "(and, for ensembles, fair CRPS and spread/skill), written as table3.md, a tidy "
     "scores.parquet, summary.json and figures. Predictions may be stacked (a 'channel' dim) or "
     "per-variable (u10, t2m, ..., z/q/u/v/t on a 'level' dim in hPa), in any latitude order and "

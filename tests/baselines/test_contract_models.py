@@ -24,18 +24,15 @@ count; their own tests check the sampler at their variants' settings).
 from __future__ import annotations
 
 import inspect
-import json
 
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 
 from baselines.interface import OUTPUT_KINDS, Analysis, DABatch, ModelInfo
 from baselines.layers.covariance import equiangular_grid
 from baselines.models.multi import adapter_of
 from baselines.registry import create_model, list_models, model_info
-from dambench import schema
 
 TINY = list_models("*_tiny")
 SHAPE = (25, 48)
@@ -98,41 +95,21 @@ def _batch(in_chans: int, seed: int = 0, modalities: int = 1) -> DABatch:
     )
 
 
-def _train_split(in_chans: int, n_time: int = 4) -> tuple[xr.Dataset, xr.Dataset]:
-    """A tiny train split in physical units (channel std 1..C) and its statistics."""
-    rng = np.random.default_rng(0)
-    channels = list(schema.CHANNELS[:in_chans])
-    latitude, longitude = equiangular_grid(*SHAPE)
-    scale = np.arange(1.0, in_chans + 1)[None, :, None, None]
-    target = scale * rng.standard_normal((n_time, in_chans, *SHAPE))
-    background = target + 0.5 * scale * rng.standard_normal(target.shape)
-    dims = schema.CANONICAL_DIMS
-    ds = xr.Dataset(
-        {"target": (dims, target), "background": (dims, background)},
-        coords={
-            schema.TIME: np.arange(n_time).astype("datetime64[D]").astype("datetime64[ns]"),
-            schema.CHANNEL: channels,
-            schema.LATITUDE: latitude,
-            schema.LONGITUDE: longitude,
-            "split": (schema.TIME, ["train"] * n_time),
-        },
-        attrs={"observation": json.dumps({"noise": "default", "pattern": "random", "seed": 0})},
-    )
-    ds["observation"] = ds["target"].where(rng.random(target.shape) < 0.05)
-    stats = xr.Dataset(
-        {"mean": (schema.CHANNEL, np.zeros(in_chans)), "std": (schema.CHANNEL, scale.ravel())},
-        coords={schema.CHANNEL: channels},
-    )
-    return ds, stats
+@pytest.fixture
+def ready(train_split):
+    """``ready(name)``: the model (fitted first on a tiny train split with channel std 1..C when
+    its info says so) in eval mode, and a batch for it."""
 
+    def make(name: str) -> tuple[torch.nn.Module, DABatch]:
+        torch.manual_seed(0)
+        model = _create(name)
+        if model.info.needs_fit:
+            chans = _in_chans(model)
+            split = train_split(chans, SHAPE, scale=np.arange(1.0, chans + 1))
+            assert model.fit(*split) in (None, model)
+        return model.eval(), _batch(_in_chans(model), modalities=_modality_count(model))
 
-def _ready(name: str) -> tuple[torch.nn.Module, DABatch]:
-    """The model (fitted first when its info says so) in eval mode, and a batch for it."""
-    torch.manual_seed(0)
-    model = _create(name)
-    if model.info.needs_fit:
-        assert model.fit(*_train_split(_in_chans(model))) in (None, model)
-    return model.eval(), _batch(_in_chans(model), modalities=_modality_count(model))
+    return make
 
 
 def _assert_no_graph(analysis: Analysis) -> None:
@@ -164,8 +141,8 @@ def test_model_info_is_valid_and_agrees_with_the_model(name):
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if model_info(n).trainable])
-def test_forward_and_backward(name):
-    model, batch = _ready(name)
+def test_forward_and_backward(name, ready):
+    model, batch = ready(name)
     model.train()
     analysis = model(batch)
     assert isinstance(analysis, Analysis)
@@ -181,8 +158,8 @@ def test_forward_and_backward(name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_analysis_shape_for_each_output_kind(name):
-    model, batch = _ready(name)
+def test_analysis_shape_for_each_output_kind(name, ready):
+    model, batch = ready(name)
     kind = model.info.output
     analysis = model.analyse(batch)
     assert analysis.mean.shape == batch.background.shape
@@ -208,8 +185,8 @@ def test_analysis_shape_for_each_output_kind(name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_grad_mode_contract(name):
-    model, batch = _ready(name)
+def test_grad_mode_contract(name, ready):
+    model, batch = ready(name)
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.enable_grad():
         free = model.analyse(batch, seed=1)
@@ -222,8 +199,8 @@ def test_grad_mode_contract(name):
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if model_info(n).needs_fit])
-def test_fitted_state_travels_in_the_state_dict(name):
-    fitted, batch = _ready(name)
+def test_fitted_state_travels_in_the_state_dict(name, ready):
+    fitted, batch = ready(name)
     torch.manual_seed(0)
     fresh = _create(name)
     fresh.load_state_dict(fitted.state_dict())

@@ -16,6 +16,7 @@ import yaml
 from baselines import evaluate, train
 from baselines.config import load_run_config
 from baselines.interface import Analysis, BaselineModule
+from dambench import schema
 from dambench.exceptions import DambenchInputError
 from dambench.load import ensure_embedded, open_dataset, stats_from_attrs
 from dambench.metrics import mse, rmse
@@ -143,7 +144,7 @@ def _result(name: str, model_name: str, mse_per_cycle, digest="d" * 64) -> dict:
     }
 
 
-def test_table4_imp_is_the_relative_mse_improvement_with_a_paired_interval():
+def test_table4_imp_is_the_relative_mse_improvement_with_a_paired_interval(tmp_path):
     rng = np.random.default_rng(0)
     host = rng.uniform(30, 40, 50)
     multi = host * 0.9 + rng.normal(0, 0.1, 50)  # about 10 % better on every cycle
@@ -157,6 +158,13 @@ def test_table4_imp_is_the_relative_mse_improvement_with_a_paired_interval():
     table = evaluate.table4(results)
     assert "Imp (%)" in table and "| Multi |" in table and "precip: ERA5 tp at capitals" in table
     assert evaluate.table4(results[:1]) is None
+    assert "trained from scratch" in table
+    host_path, other_path = tmp_path / "host.pt", tmp_path / "other.pt"
+    results[0]["models"][0]["checkpoint"] = {"checkpoint": str(host_path)}
+    for start, expected in ((host_path, "this host's checkpoint"), (other_path, "another")):
+        init = {"path": str(start), "epoch": 9}
+        results[1]["models"][0]["checkpoint"] = {"init_from": init}
+        assert f"fine-tuned from {expected}" in evaluate.table4(results)
     other = _result("Multi", "multi_convcnp_small", multi, digest="e" * 64)
     with pytest.raises(DambenchInputError, match="dataset_digest differ"):
         evaluate.improvement(other, results[0])
@@ -185,3 +193,21 @@ def test_withheld_modalities_are_marked_absent_not_faked():
     assert float(none.modality_present.sum()) == 0
     with pytest.raises(DambenchInputError, match="not among"):
         evaluate.withhold_modalities(batch, ["precip", "olr"], ["gauges"])
+
+
+def test_a_kept_modality_group_keeps_its_gauge_count_and_the_labels_say_so():
+    """``--modalities precip`` once kept ``precip`` but silently withheld its gauge-count
+    channel, while the labels said nothing was withheld."""
+    assert evaluate._kept_modalities("precip") == ["precip", "precip_gauges"]
+    assert evaluate._kept_modalities("olr, precip_gauges") == ["olr", "precip_gauges"]
+    assert evaluate._kept_modalities("None") == [] and evaluate._kept_modalities(None) is None
+    field = xr.DataArray(np.zeros((1, 2, 3)), dims=(schema.TIME, schema.LATITUDE, schema.LONGITUDE))
+    ds = xr.Dataset(
+        {"precip": field, "precip_gauges": field},
+        attrs={"modalities": json.dumps({"precip": "ERA5 tp at 70 capitals"})},
+    )
+    labels = evaluate.modality_labels(ds, evaluate._kept_modalities("precip"))
+    assert labels["used"] == ["precip", "precip_gauges"] and labels["withheld"] == []
+    labels = evaluate.modality_labels(ds, evaluate._kept_modalities("none"))
+    assert labels["used"] == [] and labels["withheld"] == ["precip", "precip_gauges"]
+    assert labels["sources"] == {"precip": "ERA5 tp at 70 capitals"}
