@@ -321,16 +321,25 @@ def table4(results: list[dict]) -> str | None:
         row = dict(multi["table3"][multi["model"]])
         row["Imp (%)"] = improvement(multi, host)
         rows[multi["model"]] = row
-        used = multi.get("modalities", {})
-        sources = "; ".join(f"{m}: {used['sources'].get(m, '?')}" for m in used.get("used", []))
         notes.append(
-            f"- {multi['model']} over {host['model']}: modalities {sources or 'none'}; "
+            f"- {multi['model']} over {host['model']}: modalities {_used_text(multi)}; "
             f"{training_note(multi, host)}"
         )
     if not rows:
         return None
     columns = [title for title, *_ in TABLE3] + ["Imp (%)"]
     return _format_rows(rows, columns) + "\n\n" + "\n".join(notes)
+
+
+def _used_text(result: dict) -> str:
+    """``precip, precip_gauges (precip: SOURCE)``: the modality variables a result used and the
+    recorded source of each one's group."""
+    used = result.get("modalities", {})
+    names = used.get("used", [])
+    info = schema.MODALITIES
+    groups = dict.fromkeys(info[n].group if n in info else n for n in names)
+    sources = "; ".join(f"{g}: {used.get('sources', {}).get(g, '?')}" for g in groups)
+    return f"{', '.join(names)} ({sources})" if names else "none"
 
 
 def training_note(multi: dict, host: dict) -> str:

@@ -159,6 +159,8 @@ def test_table4_imp_is_the_relative_mse_improvement_with_a_paired_interval(tmp_p
     assert "Imp (%)" in table and "| Multi |" in table and "precip: ERA5 tp at capitals" in table
     assert evaluate.table4(results[:1]) is None
     assert "trained from scratch" in table
+    results[1]["modalities"]["used"] = ["precip", "precip_gauges"]
+    assert "precip, precip_gauges (precip: ERA5 tp at capitals)" in evaluate.table4(results)
     host_path, other_path = tmp_path / "host.pt", tmp_path / "other.pt"
     results[0]["models"][0]["checkpoint"] = {"checkpoint": str(host_path)}
     for start, expected in ((host_path, "this host's checkpoint"), (other_path, "another")):
