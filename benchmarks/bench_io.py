@@ -15,7 +15,7 @@ build's chunk and shard layout under each candidate chain (plain zstd, zstd with
 checksum, Blosc-zstd with byte shuffle, with and without a crc32c codec); per chain the
 compression ratio of ``target`` (real ERA5 values) and of all arrays, and the raw read speed
 (cycles/s, target + background + observation) relative to the build's chain
-(:data:`dambench.build.writers.ZARR_COMPRESSORS`).
+(:data:`dambench.assembly.writers.ZARR_COMPRESSORS`).
 ``--verify`` times ``dambench.verify`` (sha256 of every file) on the folder.
 Last line: ``zarr_ratio=X parquet_ratio=Y`` (``--codecs``: ``target_ratio_<chain>=...`` and
 ``read_ratio_<chain>=...``; ``--verify``: ``verify_s=... verify_mb_per_s=...``).
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import zarr  # noqa: E402
 from _timing import best_of  # noqa: E402
 
-from dambench.build import build  # noqa: E402
+from dambench.assembly import build  # noqa: E402
 from dambench.load import open_dataset  # noqa: E402
 
 FIELDS = ("target", "background", "observation")
@@ -77,7 +77,7 @@ def to_numpy(column) -> np.ndarray:
 
 def synthetic_parquet(folder: Path, rows: int, channels: int) -> Path:
     """A Parquet file of ``rows`` cycles with ``channels`` smooth fields, written like a build."""
-    from dambench.build.writers import hf_features, write_parquet
+    from dambench.assembly.writers import hf_features, write_parquet
 
     rng = np.random.default_rng(0)
     lat = np.linspace(0, np.pi, 121)[:, None]
@@ -130,7 +130,7 @@ def bench_codecs(store: Path, repeats: int) -> str:
     """Size and read speed of each chain of :data:`CODEC_CHAINS` (read passes interleaved across
     chains, best of ``repeats``, so load changes on a shared machine hit every chain alike); the
     machine-readable line."""
-    from dambench.build.writers import ZARR_COMPRESSORS
+    from dambench.assembly.writers import ZARR_COMPRESSORS
 
     raw = {name: a.nbytes for name, a in zarr.open_group(store, mode="r").arrays() if a.ndim >= 3}
     chains = {**CODEC_CHAINS, "build": lambda: list(ZARR_COMPRESSORS)}

@@ -41,7 +41,7 @@ import zarr  # noqa: E402
 from _timing import best_of  # noqa: E402
 
 from dambench.batching import make_dataloader  # noqa: E402
-from dambench.build import build  # noqa: E402
+from dambench.assembly import build  # noqa: E402
 from dambench.load import open_dataset, stats_from_attrs  # noqa: E402
 
 FIELDS = ("target", "background", "observation")

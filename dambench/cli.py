@@ -64,9 +64,9 @@ _INPUT_FLAGS = ("era5", "cpc", "olr")
 
 
 def _build(args: argparse.Namespace) -> int:
-    from dambench.build import build, load_config
-    from dambench.build.builder import is_finished
-    from dambench.build.config import RECIPE_BACKGROUND, RECIPE_INPUTS
+    from dambench.assembly import build, load_config
+    from dambench.assembly.builder import is_finished
+    from dambench.assembly.config import RECIPE_BACKGROUND, RECIPE_INPUTS
 
     config = load_config(args.name)
     inputs = {k: getattr(args, k) for k in _INPUT_FLAGS if getattr(args, k)}
@@ -170,7 +170,7 @@ def add_verify(sub) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from dambench.build.publish import publish
+    from dambench.assembly.publish import publish
 
     url = publish(args.folder, args.repo, private=args.private)
     print(f"Published {args.folder} to {url}")

@@ -85,7 +85,7 @@ def dataset_root(name_or_path: str | os.PathLike, revision: str | None = None) -
     ``era5-sample`` is built into the cache on first use; other shipped names are the Hub
     datasets ``hf://datasets/dambench/NAME``.
     """
-    from dambench.build.config import available_configs
+    from dambench.assembly.config import available_configs
 
     text = str(name_or_path).rstrip("/")
     remote = is_remote(text)
@@ -130,9 +130,9 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> str
 
 
 def ensure_embedded(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> Path:
-    """The era5-sample build folder (:func:`dambench.build.embedded.ensure_embedded`; imported
+    """The era5-sample build folder (:func:`dambench.assembly.embedded.ensure_embedded`; imported
     here on use, so that ``import dambench`` does not load the builder)."""
-    from dambench.build.embedded import ensure_embedded as build_embedded
+    from dambench.assembly.embedded import ensure_embedded as build_embedded
 
     return build_embedded(cache_dir, verbose=verbose)
 

@@ -56,7 +56,7 @@ def test_bad_arguments_exit_with_usage():
 
 
 def test_a_dambench_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
-    from dambench.build import load_config
+    from dambench.assembly import load_config
 
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({**load_config("era5-sample").to_dict(), "name": "../x"}))

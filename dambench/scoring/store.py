@@ -77,7 +77,7 @@ class PredictionWriter:
         template = xr.Dataset({VARIABLE: (dims, empty)}, coords=coords)
         template.attrs = {k: _attr(v) for k, v in (attrs or {}).items()}
         template.to_zarr(self.path, mode="w", compute=False, consolidated=False)
-        from dambench.build.writers import consolidate_store
+        from dambench.assembly.writers import consolidate_store
 
         consolidate_store(self.path)
         self._dims = dims

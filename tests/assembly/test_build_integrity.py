@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import zarr.storage._local as zarr_local
 
-from dambench.build import build, builder, cards, load_config, writers
-from dambench.build.lock import LOCK_NAME, DambenchBuildError
-from dambench.build.recipes import make_recipe
+from dambench.assembly import build, builder, cards, load_config, writers
+from dambench.assembly.lock import LOCK_NAME, DambenchBuildError
+from dambench.assembly.recipes import make_recipe
 from dambench.exceptions import DambenchIntegrityError
 from dambench.load import ensure_embedded, open_dataset
 from dambench.verify import UnfinishedBuildError, sha256_file, verify
@@ -146,7 +146,7 @@ SIGKILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     import zarr.storage._local as local
-    from dambench.build import build
+    from dambench.assembly import build
 
     at, keep = int(sys.argv[2]), int(sys.argv[3])
     put, count = local._put, [0]
@@ -239,11 +239,11 @@ def test_two_concurrent_processes_leave_one_verified_folder(tmp_path, reference)
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
-    from dambench.build.lock import BuildLock
+    from dambench.assembly.lock import BuildLock
 
     out = tmp_path / "era5-sample"
     grab = (
-        "import os, signal, sys; from dambench.build.lock import BuildLock; "
+        "import os, signal, sys; from dambench.assembly.lock import BuildLock; "
         "BuildLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
     )
     run = subprocess.run([sys.executable, "-c", grab, str(out)], capture_output=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from dambench import schema
-from dambench.build.yaml_text import front_matter
+from dambench.assembly.yaml_text import front_matter
 from dambench.exceptions import DambenchInputError
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "dataset_cards"
@@ -482,7 +482,7 @@ def render_card(
 
 
 def config_context(config) -> dict[str, str]:
-    """The :data:`CONFIG_TOKENS` of a :class:`~dambench.build.config.BuildConfig`."""
+    """The :data:`CONFIG_TOKENS` of a :class:`~dambench.assembly.config.BuildConfig`."""
     sources = [f"- **{key}**: {value}" for key, value in sorted(config.sources.items())]
     return {
         "recipe": config.recipe,

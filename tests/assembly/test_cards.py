@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dambench import schema
-from dambench.build import cards
-from dambench.build.cards import (
+from dambench.assembly import cards
+from dambench.assembly.cards import (
     BUILDER_TOKENS,
     CARD_TOKENS,
     card_metadata,
@@ -29,7 +29,7 @@ SMALL_SHAPE = (2, 3, 4)  # stands in for (C, 121, 240): the card does not depend
 
 
 def builder_context(name: str, channels=("u10", "v10", "t2m", "msl")) -> dict[str, str]:
-    """The context the builder passes (dambench/build/builder.py::_write_card)."""
+    """The context the builder passes (dambench/assembly/builder.py::_write_card)."""
     return {
         "name": name,
         "title": f"DAMBench {name}",

@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 
 from dambench import schema
-from dambench.build import build, builder, load_config, writers
-from dambench.build.builder import DambenchBuildError, sha256_file
+from dambench.assembly import build, builder, load_config, writers
+from dambench.assembly.builder import DambenchBuildError, sha256_file
 from dambench.exceptions import DambenchInputError
 from dambench.load import open_dataset, stats_from_attrs
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dambench.build import build, load_config
-from dambench.build.builder import make_plan, n_parquet_files
-from dambench.build.config import check_config
+from dambench.assembly import build, load_config
+from dambench.assembly.builder import make_plan, n_parquet_files
+from dambench.assembly.config import check_config
 from dambench.exceptions import DambenchInputError
 from dambench.load import open_dataset
 
@@ -176,7 +176,7 @@ def test_parquet_file_counts_divide_among_8_workers(rows, per_file, files):
 def test_fengwu_plan_has_balanced_files_in_multiples_of_8():
     config = load_config("era5-fengwu")
     cycles = pd.date_range("2000-01-01", "2024-12-31", freq="D")
-    from dambench.build.recipes import split_labels
+    from dambench.assembly.recipes import split_labels
 
     plan = make_plan(config, cycles, split_labels(cycles, config.splits))
     for split, n_cycles in (("train", 8401), ("validation", 365), ("test", 366)):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dambench.build.publish import (
+from dambench.assembly.publish import (
     HIDDEN_PATTERNS,
     HubUnreachableError,
     ManifestError,

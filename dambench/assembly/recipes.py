@@ -1,6 +1,6 @@
 """Recipes: what each cycle of a build holds, computed from real sources.
 
-A recipe is made from a :class:`~dambench.build.config.BuildConfig`, validates and opens its inputs
+A recipe is made from a :class:`~dambench.assembly.config.BuildConfig`, validates and opens its inputs
 when constructed (before anything is written), and then serves blocks of cycles:
 
 - ``cycles``: the cycle times; ``splits``: the split of each cycle;
@@ -22,7 +22,7 @@ import xarray as xr
 
 from dambench import schema
 from dambench.backgrounds import OnnxForecaster, Persistence
-from dambench.build.config import BuildConfig
+from dambench.assembly.config import BuildConfig
 from dambench.channels import to_channels
 from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID

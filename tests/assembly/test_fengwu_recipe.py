@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from dambench.build import build, load_config
+from dambench.assembly import build, load_config
 from dambench.load import open_dataset
 from dambench.sources.lexicon import WB2
 

@@ -1,6 +1,6 @@
 """``dambench publish``: verify a built folder against its manifest, then upload it to the Hub.
 
-A built folder (see :mod:`dambench.build.builder`) ends with ``manifest.json``::
+A built folder (see :mod:`dambench.assembly.builder`) ends with ``manifest.json``::
 
     {"name": NAME, "schema_version": "1.0",
      "files": {"relative/path": {"sha256": HEX, "bytes": N}, ...}, ...}

@@ -1,7 +1,7 @@
 """``dambench build``: plan, then execute a resumable, atomic, locked build of one dataset folder.
 
 Check: the config is checked completely (nothing is written before that). Lock: one builder per
-folder (:mod:`dambench.build.lock`); a second one is refused at once. Plan: the recipe validates
+folder (:mod:`dambench.assembly.lock`); a second one is refused at once. Plan: the recipe validates
 and opens its inputs, then ``plan.json`` fixes the cycles, their splits, the Zarr shards and the
 Parquet files; the config and plan enter ``.dambench-build/`` in one atomic rename. Execute: each
 shard of cycles is a dask task that computes the arrays and writes its region of the store, then
@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from dambench import schema
 from dambench._version import __version__
-from dambench.build import writers
-from dambench.build.config import BuildConfig, load_config
-from dambench.build.lock import LOCK_NAME, BuildLock, DambenchBuildError
-from dambench.build.recipes import make_recipe
+from dambench.assembly import writers
+from dambench.assembly.config import BuildConfig, load_config
+from dambench.assembly.lock import LOCK_NAME, BuildLock, DambenchBuildError
+from dambench.assembly.recipes import make_recipe
 from dambench.exceptions import DambenchInputError
 from dambench.modalities import modality_moments, names_for_groups
 from dambench.verify import MANIFEST, read_manifest, sha256_file, verify
@@ -435,7 +435,7 @@ def _train_stats(store: Path, plan: BuildPlan) -> dict:
 
 
 def _write_card(out: Path, config: BuildConfig, plan: BuildPlan, recipe) -> None:
-    from dambench.build.cards import config_context, template_for, write_card
+    from dambench.assembly.cards import config_context, template_for, write_card
 
     splits, previews = {}, {}
     for relative in plan.parquet_files:

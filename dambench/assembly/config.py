@@ -1,7 +1,7 @@
 """Build configurations: data (JSON) loaded strictly into a frozen :class:`BuildConfig`.
 
 The package ships ``era5-sample`` (the embedded default) and ``era5-fengwu`` (the production
-recipe) in ``dambench/build/configs/``; users pass the path of their own JSON file instead (a copy
+recipe) in ``dambench/assembly/configs/``; users pass the path of their own JSON file instead (a copy
 with another name, observation ratio or channel list is a dataset of its own).
 
 Every key is checked before anything is written: its name (a misspelt key is named with the
@@ -93,7 +93,7 @@ class BuildConfig:
         Cycles per Zarr shard (one chunk per cycle inside); also the unit of resumable work.
     cycles_per_parquet_file
         Rows per Parquet file at most (one row group per cycle); see
-        :func:`dambench.build.builder.make_plan` for the number of files.
+        :func:`dambench.assembly.builder.make_plan` for the number of files.
     """
 
     name: str
@@ -127,7 +127,7 @@ class BuildConfig:
 
 def available_configs() -> list[str]:
     """Names of the configurations shipped with dambench."""
-    folder = resources.files("dambench.build") / "configs"
+    folder = resources.files("dambench.assembly") / "configs"
     return sorted(
         p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")
     )
@@ -152,7 +152,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> BuildConfig:
     text = str(name_or_path)
     if text in available_configs():
         raw = json.loads(
-            (resources.files("dambench.build") / "configs" / f"{text}.json").read_text()
+            (resources.files("dambench.assembly") / "configs" / f"{text}.json").read_text()
         )
     elif Path(text).is_file():
         try:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from dambench import schema
-from dambench.build.builder import build, is_finished
+from dambench.assembly.builder import build, is_finished
 from dambench.sources.base import cache_root
 
 
