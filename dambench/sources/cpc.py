@@ -269,12 +269,14 @@ def read_cpc_psl(
         Local path or fsspec URL of the netCDF file (variable ``precip``, dims ``time``,
         ``lat``, ``lon``).
     times
-        Days to select exactly (default: all); missing days raise, naming them.
+        Days to select exactly (default: all); missing days raise, naming them. Only these days
+        are read from the file.
 
     Returns
     -------
     Dataset ``(time, latitude, longitude)`` like :func:`read_cpc_binary` but without
-    ``precip_gauges``: ``precip`` in mm/day, float32, NaN where missing; loaded into memory.
+    ``precip_gauges``: ``precip`` in mm/day, float32, NaN where missing; loaded into memory (the
+    file is closed).
 
     Notes
     -----
@@ -289,17 +291,17 @@ def read_cpc_psl(
         coordinates, missing times, negative or implausible values.
     """
     source = str(path)
-    ds = open_dataset_any(path)
-    if "precip" not in ds.data_vars:
-        raise DambenchInputError(
-            f"{source}: not a CPC precipitation file: no 'precip' variable; found variables "
-            f"{sorted(map(str, ds.data_vars))}."
-        )
-    da = time_lat_lon(ds["precip"], source)
-    _check_psl_units(da, source)
-    if times is not None:
-        da = select_times(da, times, source)
-    values = np.asarray(da.values, dtype=np.float32)
+    with open_dataset_any(path) as ds:  # closed once the days asked are read
+        if "precip" not in ds.data_vars:
+            raise DambenchInputError(
+                f"{source}: not a CPC precipitation file: no 'precip' variable; found variables "
+                f"{sorted(map(str, ds.data_vars))}."
+            )
+        da = time_lat_lon(ds["precip"], source)
+        _check_psl_units(da, source)
+        if times is not None:
+            da = select_times(da, times, source)
+        values = np.asarray(da.values, dtype=np.float32)
     _check_psl_values(values, source)
     return _assemble(
         {"precip": values},

@@ -8,13 +8,15 @@ from a local path or any fsspec URL (``gs://weatherbench2/...``, ``hf://...``, `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
 from dambench.channels import to_channels
 from dambench.exceptions import DambenchInputError
-from dambench.grid import CANONICAL_GRID, Grid, to_canonical
+from dambench.grid import CANONICAL_GRID, Grid, rename_aliases, to_canonical
 from dambench.regrid import regrid
 from dambench.sources.base import PathLike, check_monotonic, open_dataset_any, select_times
 from dambench.sources.lexicon import schema_variables
@@ -27,6 +29,41 @@ WB2_ERA5_1P5_URL = (
 
 ARCO_ERA5_URL = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
 """ARCO-ERA5 at 0.25 degrees (721 x 1440, hourly, 37 levels)."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a public ERA5 store declares: its grid spacing and the span of valid times.
+
+    ``last`` is ``None`` for a store that is extended as ERA5 is (ARCO-ERA5: monthly, about three
+    months behind real time; its time axis runs past the last valid time, with missing values
+    there, and the store's ``valid_time_stop`` attribute says where the data end).
+    """
+
+    grid_deg: float
+    first: str
+    last: str | None
+    description: str
+
+
+ERA5_STORES = {
+    WB2_ERA5_1P5_URL: StoreInfo(
+        1.5,
+        "1959-01-01T00",
+        "2023-01-10T18",
+        "WeatherBench2 ERA5, 6-hourly, 240 x 121 with poles, conservatively regridded",
+    ),
+    ARCO_ERA5_URL: StoreInfo(
+        0.25,
+        "1959-01-01T00",
+        None,
+        "ARCO-ERA5 (Google Research), hourly, 0.25 degrees (721 x 1440), 37 levels",
+    ),
+}
+"""The public stores the shipped configs name, with their declared grid and valid times."""
+
+VALID_TIME_STOP_ATTR = "valid_time_stop"
+"""The store attribute where ARCO-ERA5 records its last valid time."""
 
 
 def open_era5(
@@ -90,3 +127,71 @@ def _canonical_layout(ds: xr.Dataset, member: int) -> xr.Dataset:
         if dim in ds.coords:
             check_monotonic(ds[dim], dim, "ERA5 source")
     return to_canonical(ds)
+
+
+class Era5Reader:
+    """ERA5 read per block of times: the store is opened lazily, and a call reads the times asked.
+
+    Satisfies the :class:`~dambench.sources.base.Source` contract on the store's own grid (a
+    0.25 degree ARCO-ERA5 field stays 0.25 degrees; regrid it where needed). Construction opens
+    the store's metadata only (no field is read) and checks the channels' variables, levels and
+    units; the object holds no data and pickles as its path and channels (a worker process
+    reopens the store on first use).
+
+    Parameters
+    ----------
+    path
+        Zarr store, netCDF or GRIB file (local path or fsspec URL).
+    channels
+        Schema channels to read.
+
+    Attributes
+    ----------
+    times
+        The store's time coordinate (``pd.DatetimeIndex``).
+    grid_deg
+        The store's latitude spacing in degrees.
+    valid_time_stop
+        The last valid time the store declares (attribute ``valid_time_stop``), or ``None``.
+
+    Raises
+    ------
+    DambenchSchemaError
+        Missing variables or levels (named), wrong units.
+    """
+
+    def __init__(self, path: PathLike, channels: Sequence[str]):
+        self.path = str(path)
+        self.channels = tuple(channels)
+        self._ds: xr.Dataset | None = None
+        empty = self(times=None)  # no time: checks the layout, reads no field
+        latitude = np.asarray(empty["latitude"].values, dtype=np.float64)
+        self.grid_deg = float(np.abs(np.diff(latitude)).min()) if latitude.size > 1 else np.nan
+        self.times = pd.DatetimeIndex(self.dataset["time"].values)
+        stop = self.dataset.attrs.get(VALID_TIME_STOP_ATTR)
+        self.valid_time_stop = pd.Timestamp(stop) if stop else None
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The store, opened lazily (without dask) on first use."""
+        if self._ds is None:
+            ds = rename_aliases(open_dataset_any(self.path, chunks=None))
+            if "time" not in ds.dims and "time" in ds.coords:
+                ds = ds.expand_dims("time")  # a single-time file
+            self._ds = ds
+        return self._ds
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ds": None}
+
+    def __call__(self, times, channels: Sequence[str] | None = None) -> xr.DataArray:
+        """The fields at exactly ``times`` ``(time, channel, latitude, longitude)``, loaded.
+
+        ``times=None`` gives zero times (a layout check that reads no field). Missing times
+        raise, naming them and the span the store covers.
+        """
+        ds = self.dataset
+        ds = ds.isel(time=slice(0, 0)) if times is None else select_times(ds, times, self.path)
+        field = open_era5(ds, channels=channels or self.channels, grid=None)
+        field.attrs = {"source": self.path}
+        return field.load()

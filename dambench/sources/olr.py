@@ -68,6 +68,7 @@ def read_olr(
         Local path or fsspec URL of the netCDF file (variable ``olr``, dims time, lat, lon).
     times
         Times to select exactly before loading (default: all); missing times raise, naming them.
+        Only these times are read from the file, which is closed afterwards.
 
     Returns
     -------
@@ -82,19 +83,19 @@ def read_olr(
         ``valid_range`` (the count is named; without ``valid_range``, negative values).
     """
     source = str(path)
-    ds = open_dataset_any(path)
-    if OLR not in ds.data_vars:
-        raise DambenchInputError(
-            f"{source}: not an OLR file: no 'olr' variable; found variables "
-            f"{sorted(map(str, ds.data_vars))}."
-        )
-    da = ds[OLR]
-    check_olr_units(da.attrs.get("units"), source)
-    da = time_lat_lon(da, source)
-    if times is not None:
-        da = select_times(da, times, source)
-    valid_range = _valid_range(da)
-    da = da.astype(np.float32).load()
+    with open_dataset_any(path) as ds:  # closed once the times asked are read
+        if OLR not in ds.data_vars:
+            raise DambenchInputError(
+                f"{source}: not an OLR file: no 'olr' variable; found variables "
+                f"{sorted(map(str, ds.data_vars))}."
+            )
+        da = ds[OLR]
+        check_olr_units(da.attrs.get("units"), source)
+        da = time_lat_lon(da, source)
+        if times is not None:
+            da = select_times(da, times, source)
+        valid_range = _valid_range(da)
+        da = da.astype(np.float32).load()
     _check_values(da.values, valid_range, source)
     da = da.assign_coords(
         {

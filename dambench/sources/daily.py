@@ -1,0 +1,216 @@
+"""Daily products read per block of days: CPC gauge precipitation and NOAA daily OLR.
+
+A build asks for a few days at a time (the days before one block of cycles), never for the whole
+record, so memory is bounded by the block, not by the 25 years a production build spans. Each
+reader here is cheap to construct (it stores paths only, no data and no open file) and has two
+methods:
+
+- ``available(days) -> pd.DatetimeIndex``: which of ``days`` the source holds, from metadata only
+  (the time coordinate of a netCDF file, or whether a daily file exists);
+- ``read(days) -> xr.Dataset | None``: the source's modalities ``(time, latitude, longitude)`` on
+  the canonical 1.5 degree grid for the held days among ``days`` (labelled by the source's own time
+  stamps), or ``None`` when it holds none of them. Only those days are read and regridded.
+
+Readers:
+
+- :class:`CpcPslYears`: NOAA PSL's yearly netCDF files ``precip.{year}.nc`` (a URL or path
+  template with ``{year}``); each year file needed is opened lazily, and only the days asked are
+  read from it. A year file that does not exist is an error naming it (a wrong template is more
+  likely than a missing year).
+- :class:`CpcBinaryDays`: CPC's raw daily binaries (a template with ``{date:%Y%m%d}``); a day
+  whose file does not exist is missing (NaN in the build and reported).
+- :class:`OlrDays`: PSL's ``olr.day.mean.nc`` (one file for the whole record), opened lazily.
+
+Local paths and fsspec URLs (``https://``, ``http://``, ``gs://``) go through the same code:
+:func:`~dambench.sources.base.open_dataset_any` reads remote netCDF through fsspec, fetching only
+the byte ranges of the days asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import xarray as xr
+
+from dambench import schema
+from dambench.exceptions import DambenchInputError
+from dambench.sources.base import PathLike, is_remote, open_dataset_any, time_lat_lon
+from dambench.sources.cpc import read_cpc_binary, read_cpc_psl
+from dambench.sources.cpc_grid import GAUGES, PRECIP, cpc_on_grid
+from dambench.sources.olr import OLR, olr_on_grid, read_olr
+
+__all__ = ["CpcBinaryDays", "CpcPslYears", "OlrDays", "daily_reader", "file_days"]
+
+
+def _days(days) -> pd.DatetimeIndex:
+    """``days`` as a sorted, unique DatetimeIndex of midnights."""
+    return pd.DatetimeIndex(days).normalize().unique().sort_values()
+
+
+def file_days(path: PathLike, variable: str) -> pd.Series:
+    """Day (midnight) -> the file's own time stamp, for every time of ``variable`` in ``path``.
+
+    Reads the metadata and the time coordinate only (the file is opened lazily).
+
+    Raises
+    ------
+    DambenchInputError
+        No ``variable`` in the file (the variables found are named), or a time coordinate that is
+        not decodable or not strictly increasing, or two stamps on one day.
+    """
+    source = str(path)
+    with open_dataset_any(path) as ds:
+        if variable not in ds.data_vars:
+            raise DambenchInputError(
+                f"{source}: no {variable!r} variable; found variables "
+                f"{sorted(map(str, ds.data_vars))}."
+            )
+        stamps = pd.DatetimeIndex(time_lat_lon(ds[variable], source)[schema.TIME].values)
+    days = stamps.normalize()
+    if days.has_duplicates:
+        raise DambenchInputError(
+            f"{source}: several {variable!r} values on one day; expected one daily value."
+        )
+    return pd.Series(stamps, index=days)
+
+
+def _exists(path: str) -> bool:
+    if not is_remote(path):
+        return Path(path.removeprefix("file://")).is_file()
+    fs, inner = fsspec.core.url_to_fs(path)
+    return bool(fs.exists(inner))
+
+
+class CpcPslYears:
+    """CPC daily precipitation from NOAA PSL's yearly files, read per block of days.
+
+    Parameters
+    ----------
+    template
+        Path or URL of the yearly files with a ``{year}`` field, e.g.
+        ``https://downloads.psl.noaa.gov/Datasets/cpc_global_precip/precip.{year}.nc``.
+    """
+
+    names = (PRECIP,)
+
+    def __init__(self, template: str):
+        if "{year}" not in template:
+            raise DambenchInputError(
+                f"CPC PSL template {template!r} lacks '{{year}}'; expected e.g. "
+                "'.../precip.{year}.nc'."
+            )
+        self.template = template
+
+    def _stamps(self, year: int) -> pd.Series:
+        return file_days(self.template.format(year=year), PRECIP)
+
+    def available(self, days) -> pd.DatetimeIndex:
+        """The days among ``days`` that the yearly files hold (time coordinates only)."""
+        days = _days(days)
+        held = [days[days.year == y].intersection(self._stamps(y).index) for y in _years(days)]
+        return _days(pd.DatetimeIndex([]).append(held)) if held else days[:0]
+
+    def read(self, days) -> xr.Dataset | None:
+        """``precip`` on the canonical grid for the held days among ``days``; see the module."""
+        pieces = []
+        for year in _years(_days(days)):
+            wanted = _days(days)[_days(days).year == year]
+            stamps = self._stamps(year)
+            held = stamps[stamps.index.isin(wanted)]
+            if len(held):
+                pieces.append(read_cpc_psl(self.template.format(year=year), times=held.values))
+        return cpc_on_grid(xr.concat(pieces, dim=schema.TIME)) if pieces else None
+
+
+def _years(days: pd.DatetimeIndex) -> list[int]:
+    return sorted(set(days.year))
+
+
+class CpcBinaryDays:
+    """CPC daily precipitation and gauge counts from CPC's raw daily binaries, one file a day.
+
+    Parameters
+    ----------
+    template
+        Path or URL of the daily files with a ``{date:%Y%m%d}`` field, e.g.
+        ``.../PRCP_CU_GAUGE_V1.0GLB_0.50deg.lnx.{date:%Y%m%d}.RT``.
+    """
+
+    names = (PRECIP, GAUGES)
+
+    def __init__(self, template: str):
+        if "{date" not in template:
+            raise DambenchInputError(
+                f"CPC binary template {template!r} lacks '{{date:%Y%m%d}}'; expected e.g. "
+                "'.../PRCP_CU_GAUGE_V1.0GLB_0.50deg.lnx.{date:%Y%m%d}.RT'."
+            )
+        self.template = template
+
+    def available(self, days) -> pd.DatetimeIndex:
+        """The days among ``days`` whose file exists."""
+        days = _days(days)
+        return days[[_exists(self.template.format(date=day)) for day in days]]
+
+    def read(self, days) -> xr.Dataset | None:
+        """``precip`` and ``precip_gauges`` on the canonical grid for the days whose file exists."""
+        pieces = [
+            read_cpc_binary(self.template.format(date=day), ctl=None) for day in self.available(days)
+        ]
+        return cpc_on_grid(xr.concat(pieces, dim=schema.TIME)) if pieces else None
+
+
+class OlrDays:
+    """NOAA interpolated daily OLR from PSL's single file, read per block of days.
+
+    Parameters
+    ----------
+    path
+        Path or URL of ``olr.day.mean.nc`` (or any subset of it).
+    """
+
+    names = (OLR,)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def available(self, days) -> pd.DatetimeIndex:
+        """The days among ``days`` that the file holds (time coordinate only)."""
+        return _days(days).intersection(file_days(self.path, OLR).index)
+
+    def read(self, days) -> xr.Dataset | None:
+        """``olr`` on the canonical grid for the held days among ``days``."""
+        stamps = file_days(self.path, OLR)
+        held = stamps[stamps.index.isin(_days(days))]
+        if not len(held):
+            return None
+        return olr_on_grid(read_olr(self.path, times=held.values)).to_dataset()
+
+
+DailyReader = CpcPslYears | CpcBinaryDays | OlrDays
+
+
+def daily_reader(kind: str, location: str) -> DailyReader:
+    """The reader of input ``kind`` (``"cpc"`` or ``"olr"``) at ``location``.
+
+    A ``cpc`` template with ``{year}`` is PSL's yearly netCDF; one with ``{date...}`` is CPC's
+    raw daily binaries.
+
+    Raises
+    ------
+    DambenchInputError
+        An unknown kind, or a CPC template with neither field.
+    """
+    if kind == "olr":
+        return OlrDays(location)
+    if kind != "cpc":
+        raise DambenchInputError(f"No daily reader for input {kind!r}; known: 'cpc', 'olr'.")
+    if "{year}" in location:
+        return CpcPslYears(location)
+    if "{date" in location:
+        return CpcBinaryDays(location)
+    raise DambenchInputError(
+        f"inputs.cpc {location!r} has neither '{{year}}' (PSL yearly netCDF, e.g. "
+        "'.../precip.{year}.nc') nor '{date:%Y%m%d}' (CPC daily binaries); add one."
+    )
