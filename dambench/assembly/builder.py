@@ -4,15 +4,20 @@ Check: the config is checked completely (nothing is written before that). Lock: 
 folder (:mod:`dambench.assembly.lock`); a second one is refused at once. Plan: the recipe validates
 and opens its inputs, then ``plan.json`` fixes the cycles, their splits, the Zarr shards and the
 Parquet files; the config and plan enter ``.dambench-build/`` in one atomic rename. Execute: each
-shard of cycles is a dask task that computes the arrays and writes its region of the store, then
-leaves a marker; Parquet files are written from the finished store, atomically. Statistics,
+shard of cycles is a plain, picklable task (:mod:`dambench.assembly.shards`) that computes the
+arrays and writes its region of the store, then leaves a marker; the tasks run in this process
+(``workers`` threads) or on a dask.distributed cluster (:mod:`dambench.assembly.engines`; ``out``
+must then be on a filesystem every worker sees). Parquet files are written from the finished
+store, atomically. Statistics,
 consolidated metadata, the preview, the card and the sha256 manifest come last; ``manifest.json``
 marks a finished build.
 
 A killed build resumes: leftovers of interrupted writes (``*.partial``, ``*.tmp``) are removed,
 then it continues at the first unfinished shard or file and ends byte-identical to an
 uninterrupted build; the manifest lists exactly the dataset's files. A finished build re-run
-verifies the folder against its manifest instead of building.
+verifies the folder against its manifest instead of building (a read-only one too: verifying
+writes nothing). A folder that cannot be written (read-only, full disk) ends the build with one
+line naming the file and the remedy (:mod:`dambench.assembly.folder_errors`).
 """
 
 from __future__ import annotations
@@ -24,17 +29,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import xarray as xr
-from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
 from dambench import schema
 from dambench._version import __version__
-from dambench.assembly import writers
+from dambench.assembly import engines, folder_errors, shards, writers
 from dambench.assembly.config import BuildConfig, load_config
 from dambench.assembly.lock import LOCK_NAME, BuildLock, DambenchBuildError
 from dambench.assembly.recipes import make_recipe
@@ -107,21 +110,6 @@ def make_plan(config: BuildConfig, cycles: pd.DatetimeIndex, splits: np.ndarray)
     return BuildPlan(cycles, splits, shard_starts, files, previews)
 
 
-class _TqdmCallback(Callback):
-    """A tqdm bar over the shard tasks of a dask graph."""
-
-    def __init__(self, total: int, disable: bool):
-        super().__init__()
-        self.bar = tqdm(total=total, desc="shards", unit="shard", disable=disable)
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        if str(key[0] if isinstance(key, tuple) else key).startswith("shard"):
-            self.bar.update(1)
-
-    def _finish(self, dsk, state, errored):
-        self.bar.close()
-
-
 def build(
     name_or_config: str | Path | BuildConfig,
     out: str | Path,
@@ -141,9 +129,10 @@ def build(
     out
         The folder; created, resumed (same config) or, when finished, verified.
     workers
-        Threads of the local dask scheduler computing shards.
+        Threads computing shards in this process (1: in order, in this thread).
     scheduler
-        Address of a dask.distributed scheduler (needs the ``distributed`` package).
+        Address of a dask.distributed scheduler (``dambench[distributed]``); ``out`` must be on a
+        filesystem every worker sees at the same path, which is checked before any shard runs.
     overrides
         Top-level config keys to replace (e.g. ``inputs``).
     wait_s
@@ -159,7 +148,10 @@ def build(
     DambenchInputError
         A bad config or input, before anything is written.
     DambenchBuildError
-        Another builder holds the folder, or the folder holds something else.
+        Another builder holds the folder, the folder holds something else, a shard failed (its
+        cycles and the cause are named; the build resumes at it), the folder cannot be written
+        (read-only, full disk: the file and the remedy are named), or the cluster's workers
+        cannot see ``out``.
     DambenchIntegrityError
         A finished folder no longer matches its manifest (the files are named).
     """
@@ -173,20 +165,45 @@ def build(
     if not _finished(out, config):
         _check_folder(out, config)  # refuse a foreign folder before creating anything
     try:
-        with BuildLock(out, wait_s=wait_s):
-            if _finished(out, config):
-                _verify_finished(out)
-                return out
-            _check_folder(out, config)
-            _run(config, out, workers, scheduler, verbose)
-    except BaseException:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            try:
-                out.rmdir()  # nothing was built: leave no empty folder behind
-            except OSError:
-                pass  # another builder has just started in it
+        _locked_build(config, out, workers, scheduler, verbose, wait_s)
+    except BaseException as err:
+        _remove_if_empty(out, existed)
+        if isinstance(err, OSError):
+            _after_write_error(err, out, config)
+            return out  # a finished folder that cannot be written: verified
         raise
     return out
+
+
+def _locked_build(config: BuildConfig, out: Path, workers, scheduler, verbose, wait_s) -> None:
+    with BuildLock(out, wait_s=wait_s):
+        if _finished(out, config):
+            _verify_finished(out)
+            return
+        _check_folder(out, config)
+        _run(config, out, workers, scheduler, verbose)
+
+
+def _after_write_error(err: OSError, out: Path, config: BuildConfig) -> None:
+    """Verify a finished folder that cannot be written (verifying writes nothing); otherwise
+    raise ``err`` explained in one line (:func:`folder_errors.explain`), or as it is when it is
+    not a write failure in ``out``."""
+    if _finished(out, config) and folder_errors.is_unwritable(err, out):
+        _verify_finished(out, writable=False)
+        return
+    explained = folder_errors.explain(err, out)
+    if explained is None:
+        raise err
+    raise explained from err
+
+
+def _remove_if_empty(out: Path, existed: bool) -> None:
+    """Leave no empty folder behind when nothing was built in a folder this build created."""
+    if not existed and out.is_dir() and not any(out.iterdir()):
+        try:
+            out.rmdir()
+        except OSError:
+            pass  # another builder has just started in it
 
 
 def is_finished(out: str | Path) -> bool:
@@ -217,7 +234,12 @@ def _run(config: BuildConfig, out: Path, workers, scheduler, verbose) -> None:
         )
         (state / "store-created").touch()
     cycle_index = _cycle_index(recipe.cycles, plan.cycles)
-    _write_shards(recipe, plan, store, state, cycle_index, workers, scheduler, verbose)
+    tasks = _shard_tasks(config, plan, store, state, cycle_index)
+    with shards.serving(config.digest(), recipe):
+        if scheduler:
+            engines.run_distributed(scheduler, tasks, out, out / LOCK_NAME, verbose)
+        else:
+            engines.run_local(tasks, workers, verbose)
     _write_parquet(plan, store, out, config, modalities, verbose)
     stats = _train_stats(store, plan)
     writers.atomic_write_json(out / "stats.json", stats)
@@ -251,12 +273,12 @@ def _finished(out: Path, config: BuildConfig) -> bool:
     return True
 
 
-def _verify_finished(out: Path) -> None:
+def _verify_finished(out: Path, writable: bool = True) -> None:
     """A finished folder re-run: verify every file; clear a state folder left by a kill that
-    came after the manifest was written."""
+    came after the manifest was written (unless the folder is not ``writable``: it stays)."""
     report = verify(out)
     logger.info("%s is already built and verified (%d files).", out, report.n_files)
-    if (out / STATE_DIR).exists():
+    if writable and (out / STATE_DIR).exists():
         shutil.rmtree(out / STATE_DIR)
 
 
@@ -342,34 +364,14 @@ def _store_attrs(config: BuildConfig, recipe) -> dict[str, str]:
     }
 
 
-def _write_shards(recipe, plan, store, state, cycle_index, workers, scheduler, verbose) -> None:
+def _shard_tasks(config, plan, store, state, cycle_index) -> list[shards.ShardTask]:
+    """The tasks of the shards without a marker in ``state/shards`` (their folder is made)."""
     done_dir = state / "shards"
     done_dir.mkdir(exist_ok=True)
     todo = [s for s in plan.shard_starts if not (done_dir / f"{s:08d}").exists()]
-    n_cycles = len(plan.cycles)
-    step = plan.shard_starts[1] - plan.shard_starts[0] if len(plan.shard_starts) > 1 else n_cycles
-
-    def shard_task(start: int) -> int:
-        indices = np.arange(start, min(start + step, n_cycles))
-        writers.write_store_block(store, start, recipe.block(cycle_index[indices]))
-        (done_dir / f"{start:08d}").touch()
-        return start
-
-    tasks = [dask.delayed(shard_task, name=f"shard-{s}")(s) for s in todo]
-    if not tasks:
-        return
-    if scheduler:
-        try:
-            from distributed import Client
-        except ImportError as err:
-            raise DambenchInputError(
-                "--scheduler needs dask.distributed: pip install distributed"
-            ) from err
-        with Client(scheduler):
-            dask.compute(*tasks)
-        return
-    with _TqdmCallback(len(tasks), disable=not verbose):
-        dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+    return shards.make_tasks(
+        config, plan.cycles, cycle_index, todo, config.cycles_per_shard, store, done_dir
+    )
 
 
 def _write_parquet(plan, store, out, config, modalities, verbose) -> None:
