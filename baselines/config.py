@@ -101,6 +101,14 @@ class TrainConfig:
         (``analyse``, with ``members`` for ensemble models) on the first ``sample_batches``
         validation batches and log its MSE; per-epoch validation otherwise uses only the loss
         diagnostics (no sampler run per batch).
+    select_by, select_every, select_members
+        How ``best.pt`` is chosen: by the benchmark's own validation metric, never a test-split
+        number. ``"mse"``: MSE of the analysis mean on normalised fields over the whole
+        validation split; ``"crps"``: the fair CRPS of ``select_members`` members (default
+        ``sample_members``, else 4), also on normalised fields; ``"loss"``: the validation loss
+        (the behaviour before; a beta-NLL rewards the predicted spread, so it can pick an epoch
+        whose mean barely moved). ``None``: ``"crps"`` for ensemble models, else ``"mse"``.
+        The metric is computed every ``select_every`` epochs and at the last epoch.
     max_steps_per_epoch
         Stop each epoch after this many optimiser steps (``None``: the whole loader).
     freeze
@@ -123,6 +131,9 @@ class TrainConfig:
     sample_every: int | None = None
     sample_batches: int = 1
     sample_members: int | None = None
+    select_by: str | None = None
+    select_every: int = 1
+    select_members: int | None = None
     freeze: list[str] = field(default_factory=list)
     out: str = "runs/default"
 
@@ -140,6 +151,12 @@ class TrainConfig:
             "train.sample_batches must be >= 1": self.sample_batches < 1,
             "train.sample_members must be >= 1 or null": self.sample_members is not None
             and self.sample_members < 1,
+            f"train.select_by must be one of {list(SELECT_BY)} or null": self.select_by
+            is not None
+            and self.select_by not in SELECT_BY,
+            "train.select_every must be >= 1": self.select_every < 1,
+            "train.select_members must be >= 2 or null": self.select_members is not None
+            and self.select_members < 2,
             "train.max_steps_per_epoch must be >= 1 or null": self.max_steps_per_epoch is not None
             and self.max_steps_per_epoch < 1,
             f"train.freeze must be a list of distinct names among {list(FREEZABLE)}": not (
@@ -151,6 +168,10 @@ class TrainConfig:
         failed = [message for message, bad in problems.items() if bad]
         if failed:
             raise DambenchInputError("; ".join(failed) + f". Got {self}.")
+
+
+SELECT_BY = ("mse", "crps", "loss")
+"""Checkpoint selection metrics (:class:`TrainConfig` ``select_by``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ and its analysis cost. Nothing here names a model: dispatch is on ``ModelInfo``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -99,6 +100,12 @@ def withhold_modalities(batch: DABatch, names: list[str], keep: list[str] | None
     )
 
 
+def without_target(batch: DABatch) -> DABatch:
+    """The batch a model's analysis step is given: everything but the target, so no model can
+    read the truth it is scored against."""
+    return replace(batch, target=None)
+
+
 def predict_to_store(
     model,
     ds,
@@ -144,7 +151,7 @@ def predict_to_store(
     model.eval()
     started, cycle = time.perf_counter(), 0
     for raw in loader:
-        batch = withhold_modalities(DABatch.from_loader(raw), names, keep)
+        batch = without_target(withhold_modalities(DABatch.from_loader(raw), names, keep))
         analysis = model.analyse(batch, members=members, seed=_cycle_seed(sample_seed, cycle))
         values = analysis.members if members else analysis.mean  # (B, [N,] C, H, W)
         values = _denormalise(values.detach().double().cpu().numpy(), mean, std)
@@ -160,7 +167,9 @@ def _provenance(model, checkpoint: str | None) -> dict:
         from baselines.checkpoint import checkpoint_metadata
 
         meta["checkpoint"] = checkpoint_metadata(checkpoint)
-        meta["checkpoint"].pop("config", None)
+        config = meta["checkpoint"].pop("config", None)
+        meta["config_digest"] = config_digest(config)
+        meta["recipe"] = recipe(config)
         recorded = meta["checkpoint"].get("modalities") or {}
         meta["task_modalities"] = recorded.get("names")  # the loader's modalities in training
     if hasattr(model, "sampling_cost"):
@@ -168,6 +177,61 @@ def _provenance(model, checkpoint: str | None) -> dict:
     if hasattr(model, "analysis_settings"):
         meta["analysis_settings"] = model.analysis_settings()
     return meta
+
+
+RUN_SPECIFIC_KEYS = (("train", "seed"), ("train", "out"), ("model", "init_from"))
+"""Config keys in which seeds of one method may differ: the training seed, the run folder and
+the checkpoint a seed was fine-tuned from (its host's run of the same seed)."""
+
+
+def recipe(config: dict | None) -> dict | None:
+    """A training config without its :data:`RUN_SPECIFIC_KEYS`: what seeds of one method share."""
+    if config is None:
+        return None
+    out = json.loads(json.dumps(config, default=str))
+    for section, key in RUN_SPECIFIC_KEYS:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def config_digest(config: dict | None) -> str | None:
+    """sha256 of a config's :func:`recipe` (canonical JSON): equal for seeds of one method."""
+    if config is None:
+        return None
+    text = json.dumps(recipe(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_seeds_of_one_method(metas: list[dict]) -> None:
+    """Refuse checkpoints that are not seeds of one method: every one must have the same model
+    name and config digest (all but :data:`RUN_SPECIFIC_KEYS`), and their training seeds, which
+    label the prediction stores and the rows, must differ."""
+    from baselines.checkpoint import config_differences
+
+    first = metas[0]
+    for meta in metas[1:]:
+        if meta["model"] != first["model"]:
+            raise DambenchInputError(
+                f"--checkpoint {first['checkpoint']} holds {first['model']} and "
+                f"{meta['checkpoint']} holds {meta['model']}: seeds of one method must be one "
+                "model; evaluate each model in its own run."
+            )
+        if config_digest(meta["config"]) != config_digest(first["config"]):
+            changed = config_differences(recipe(first["config"]), recipe(meta["config"]))
+            raise DambenchInputError(
+                f"--checkpoint {first['checkpoint']} and {meta['checkpoint']} were trained with "
+                f"other configs ({'; '.join(changed)}): seeds of one method differ only in "
+                "train.seed; evaluate them as separate methods."
+            )
+    seeds = [meta["seed"] for meta in metas]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        paths = [m["checkpoint"] for m in metas if m["seed"] in repeated]
+        raise DambenchInputError(
+            f"--checkpoint {paths} were all trained with train.seed={repeated[0]}: each seed "
+            "must be a different training run (train.seed labels the rows and the prediction "
+            "stores); retrain with another train.seed."
+        )
 
 
 def _kept_modalities(text: str | None) -> list[str] | None:
@@ -248,6 +312,10 @@ def run(args: argparse.Namespace) -> dict:
     from dambench.load import open_dataset, stats_from_attrs
     from dambench.scoring import evaluate_predictions
 
+    if args.checkpoint:
+        from baselines.checkpoint import checkpoint_metadata
+
+        check_seeds_of_one_method([checkpoint_metadata(p) for p in args.checkpoint])
     torch.manual_seed(args.sample_seed)
     ds = open_dataset(args.dataset, split=args.split)
     stats = stats_from_attrs(ds)
@@ -285,14 +353,79 @@ def _model_name(result: dict) -> str:
     return str(models[0].get("model_name", result["model"]))
 
 
+HOST_FREE_KEYS = (
+    ("model", "name"),
+    ("model", "adapter"),
+    ("task", "modalities"),
+    ("train", "freeze"),
+)
+"""Config keys in which a Multi-X run may differ from its X run when both follow one recipe:
+the model's name, the adapter's settings, the modalities it reads and what it freezes."""
+
+
+def _host_recipe(meta: dict) -> dict:
+    """A seed's recipe (:func:`recipe`) without :data:`HOST_FREE_KEYS`."""
+    out = json.loads(json.dumps(meta.get("recipe") or {}))
+    for section, key in HOST_FREE_KEYS:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def host_relation(multi: dict, host: dict) -> str:
+    """How a Multi-X result was built on an X result, or :class:`DambenchInputError` when it was
+    not: Imp is only defined against the host a Multi-X was built on.
+
+    Every seed of Multi-X must be either fine-tuned from one of the host result's checkpoints
+    (``model.init_from``), or trained with the host's recipe and seed (the same config but for
+    :data:`HOST_FREE_KEYS`: e.g. Multi-SDA, whose score network takes the background as
+    context, against an SDA trained the same way, never against zero-shot SDA). Returns
+    ``"fine-tuned"`` or ``"same recipe"``."""
+    from baselines.checkpoint import config_differences
+
+    expected = _model_name(multi).removeprefix("multi_")
+    if _model_name(host) != expected:
+        raise DambenchInputError(
+            f"{multi['model']} is built on {expected}, not on {host['model']} "
+            f"({_model_name(host)}): Imp compares a Multi-X with its own host only."
+        )
+    seeds = [m.get("checkpoint") or {} for m in multi.get("models", [])]
+    hosts = {(m.get("checkpoint") or {}).get("seed"): m for m in host.get("models", [])}
+    paths = {
+        str(Path(c["checkpoint"]).resolve())
+        for c in (m.get("checkpoint") or {} for m in host.get("models", []))
+        if c.get("checkpoint")
+    }
+    starts = [(c.get("init_from") or {}).get("path") for c in seeds]
+    if seeds and all(s and str(Path(s).resolve()) in paths for s in starts):
+        return "fine-tuned"
+    problems = []
+    for meta, ckpt in zip(multi.get("models", []), seeds, strict=True):
+        twin = hosts.get(ckpt.get("seed"))
+        if twin is None or not meta.get("recipe") or not twin.get("recipe"):
+            problems.append(f"seed {ckpt.get('seed')}: no host run of that seed with a recipe")
+            continue
+        changed = config_differences(_host_recipe(twin), _host_recipe(meta))
+        if changed:
+            problems.append(f"seed {ckpt.get('seed')}: {'; '.join(changed)}")
+    if problems or not seeds:
+        raise DambenchInputError(
+            f"{multi['model']} was neither fine-tuned from {host['model']}'s checkpoints nor "
+            f"trained with its recipe and seeds ({'; '.join(problems) or 'no checkpoints'}): "
+            "Imp across different hosts is refused; score the host this Multi-X was built on."
+        )
+    return "same recipe"
+
+
 def improvement(multi: dict, host: dict, *, seed: int = 0) -> dict:
-    """Table 4's Imp: the relative MSE improvement of a Multi-X result over its X result,
-    ``100 (1 - MSE_multi / MSE_host)`` %, with a paired block-bootstrap interval over the same
-    cycles (results of other dataset digests, splits or cycles are refused)."""
+    """Table 4's Imp: the relative MSE improvement of a Multi-X result over the X result it was
+    built on (:func:`host_relation`), ``100 (1 - MSE_multi / MSE_host)`` %, with a paired
+    block-bootstrap interval over the same cycles (results of other dataset digests, splits,
+    cycles or hosts are refused)."""
     from dambench.scoring.bootstrap import block_bootstrap
     from dambench.scoring.identity import check_same_data
 
     check_same_data(multi, host)
+    relation = host_relation(multi, host)
     a = np.asarray(host["per_cycle"][host["model"]]["MSE(1e-2)"])
     b = np.asarray(multi["per_cycle"][multi["model"]]["MSE(1e-2)"])
     interval = block_bootstrap(
@@ -303,13 +436,15 @@ def improvement(multi: dict, host: dict, *, seed: int = 0) -> dict:
         "ci": [interval.low, interval.high],
         "n": interval.n,
         "block_length": interval.block_length,
+        "host": relation,
     }
 
 
 def table4(results: list[dict]) -> str | None:
     """The paper's Table 4 layout for every Multi-X result whose X result is also given: the
-    Table 3 columns of Multi-X and Imp (relative MSE improvement over X, paired interval), with
-    the modalities each used and their sources; ``None`` when no pair is given."""
+    Table 3 columns of Multi-X and Imp (relative MSE improvement over the X it was built on,
+    paired interval), with the modalities each used and their sources; a Multi-X whose given X
+    is another host gets no Imp and a note saying why; ``None`` when no pair is given."""
     from dambench.scoring.report import TABLE3
 
     hosts = {_model_name(r): r for r in results if not _model_name(r).startswith("multi_")}
@@ -319,7 +454,12 @@ def table4(results: list[dict]) -> str | None:
         if not _model_name(multi).startswith("multi_") or host is None:
             continue
         row = dict(multi["table3"][multi["model"]])
-        row["Imp (%)"] = improvement(multi, host)
+        try:
+            row["Imp (%)"] = improvement(multi, host)
+        except DambenchInputError as refused:
+            rows[multi["model"]] = row
+            notes.append(f"- {multi['model']}: no Imp. {refused}")
+            continue
         rows[multi["model"]] = row
         notes.append(
             f"- {multi['model']} over {host['model']}: modalities {_used_text(multi)}; "

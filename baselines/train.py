@@ -11,9 +11,11 @@ steps, cosine decay to 3e-6) unless the model has a ``configure_optimizers(train
 mixed precision on GPU, gradient clipping, an optional EMA of the weights (``train.ema_decay``:
 the averaged weights are validated, evaluated and saved as the checkpoint's ``model``), a fixed
 seed, JSONL logs, a checkpoint each epoch (``last.pt``, with the optimiser and RNG states, so
-re-running the same command resumes bit-identically) and the best one on validation loss
-(``best.pt``). Validation uses the loss and its diagnostics; every ``train.sample_every`` epochs
-the inference step (``analyse``) also runs on ``train.sample_batches`` validation batches.
+re-running the same command resumes bit-identically) and the best one by the benchmark's own
+validation metric (``best.pt``: MSE of the analysis on normalised fields over the validation
+split, or the fair CRPS for ensembles; ``train.select_by``), never a test-split number.
+Validation also logs the loss and its diagnostics; every ``train.sample_every`` epochs the
+inference step (``analyse``) also runs on ``train.sample_batches`` validation batches.
 Checkpoints are described in :mod:`baselines.checkpoint`.
 
 A run starts from scratch or from ``model.init_from`` (the same model, or the host of a
@@ -33,7 +35,7 @@ import math
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +309,7 @@ class Trainer:
     start_epoch: int = 0
     step: int = 0
     best: float = float("inf")
+    best_epoch: int | None = None
 
     def __post_init__(self) -> None:
         self.optimizer = make_optimizer(self.model, self.cfg.train)
@@ -356,6 +359,8 @@ class Trainer:
             "epoch": epoch,
             "step": self.step,
             "best": self.best,
+            "best_epoch": self.best_epoch,
+            "selected_by": selection_key(self.cfg.train, self.model.info),
         }
         if self.model.info.uses_modalities:
             state["modalities"] = modality_record(self.data.modality_names, self.data.train_ds)
@@ -390,6 +395,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.step, self.best = state["epoch"] + 1, state["step"], state["best"]
+        self.best_epoch = state.get("best_epoch")
         set_rng_state(state["rng"])
 
 
@@ -485,14 +491,69 @@ def sample_analyses(model: torch.nn.Module, loader, device, cfg: TrainConfig) ->
     return out
 
 
+def selection_key(cfg: TrainConfig, info) -> str:
+    """The log key ``best.pt`` is chosen by (lower is better): ``val_select_mse``,
+    ``val_select_crps`` or ``val_loss`` (``train.select_by``; by default CRPS for ensemble
+    models, else MSE)."""
+    by = cfg.select_by or ("crps" if info.output == "ensemble" else "mse")
+    return "val_loss" if by == "loss" else f"val_select_{by}"
+
+
+def fair_crps(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean fair CRPS of members ``(B, N, ...)`` against ``truth`` ``(B, ...)``:
+    ``E|X - y| - sum_{i != j} |X_i - X_j| / (2 N (N - 1))``, with the pair sum from the sorted
+    members (``sum_{i,j} |X_i - X_j| = 2 sum_k (2k - N + 1) X_(k)``)."""
+    n = members.shape[1]
+    skill = (members - truth[:, None]).abs().mean(dim=1)
+    ranks = torch.arange(n, dtype=members.dtype, device=members.device)
+    shape = (1, n) + (1,) * (members.dim() - 2)
+    pairs = 2 * ((2 * ranks - n + 1).view(shape) * members.sort(dim=1).values).sum(dim=1)
+    return (skill - pairs / (2 * n * (n - 1))).mean()
+
+
+def selection_scores(model, loader, device, cfg: TrainConfig, epoch: int) -> dict[str, float]:
+    """The benchmark's validation metric over the whole validation loader: ``select_mse`` (the
+    analysis mean's MSE on normalised fields) and, for ensemble models, ``select_crps`` (fair
+    CRPS of ``select_members`` members). Member draws are seeded by (seed, epoch, batch)."""
+    ensemble = model.info.output == "ensemble"
+    members = (cfg.select_members or cfg.sample_members or 4) if ensemble else None
+    was_training = model.training
+    model.eval()
+    totals, count = {"select_mse": 0.0, "select_crps": 0.0}, 0
+    for i, raw in enumerate(loader):
+        batch = DABatch.from_loader(raw).to(device)
+        target = batch.target
+        analysis = model.analyse(replace(batch, target=None), members=members, seed=cfg.seed + i)
+        n = batch.shape[0]
+        totals["select_mse"] += float(((analysis.mean.detach() - target) ** 2).mean()) * n
+        if ensemble:
+            totals["select_crps"] += float(fair_crps(analysis.members.detach(), target)) * n
+        count += n
+    model.train(was_training)
+    out = {"select_mse": totals["select_mse"] / max(count, 1)}
+    if ensemble:
+        out["select_crps"] = totals["select_crps"] / max(count, 1)
+    return out
+
+
+def _selection_due(cfg: TrainConfig, epoch: int) -> bool:
+    return cfg.select_by != "loss" and (
+        (epoch + 1) % cfg.select_every == 0 or epoch == cfg.epochs - 1
+    )
+
+
 def evaluate_epoch(t: Trainer, epoch: int) -> dict[str, float]:
-    """Validation diagnostics (and sampled analyses every ``sample_every`` epochs), in an RNG
-    forked from the run's seed so that validation never changes the training stream."""
+    """Validation diagnostics, the selection metric when due (:func:`selection_scores`) and
+    sampled analyses every ``sample_every`` epochs, in an RNG forked from the run's seed so
+    that validation never changes the training stream."""
     cfg = t.cfg.train
     devices = [t.device] if t.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed + _VALIDATION_SEED_OFFSET + epoch)
         metrics = {f"val_{k}": v for k, v in validate(t.eval_model, t.data.val, t.device).items()}
+        if _selection_due(cfg, epoch):
+            scores = selection_scores(t.eval_model, t.data.val, t.device, cfg, epoch)
+            metrics.update({f"val_{k}": v for k, v in scores.items()})
         if cfg.sample_every is not None and (epoch + 1) % cfg.sample_every == 0:
             sampled = sample_analyses(t.eval_model, t.data.val, t.device, cfg)
             metrics.update({f"val_{k}": v for k, v in sampled.items()})
@@ -524,14 +585,18 @@ def _save_run_info(t: Trainer) -> None:
 
 
 def _end_of_epoch(t: Trainer, epoch: int, record: dict) -> None:
-    """Log, keep the best checkpoint and write ``last.pt`` (rank 0 only)."""
+    """Keep the best checkpoint by the selection metric (:func:`selection_key`), log (with
+    ``selected: true`` on the epoch ``best.pt`` now holds) and write ``last.pt`` (rank 0
+    only)."""
     if t.rank != 0:
         return
-    _log(t.out / "log.jsonl", record)
     checkpoints = t.out / "checkpoints"
-    if record["val_loss"] < t.best:
-        t.best = record["val_loss"]
+    key = selection_key(t.cfg.train, t.model.info)
+    record["selected"] = key in record and record[key] < t.best
+    if record["selected"]:
+        t.best, t.best_epoch = record[key], epoch
         save_checkpoint(checkpoints / "best.pt", t.payload(epoch, resumable=False))
+    _log(t.out / "log.jsonl", record)
     save_checkpoint(checkpoints / "last.pt", t.payload(epoch, resumable=True))
 
 
@@ -558,7 +623,8 @@ def setup(cfg: RunConfig) -> Trainer:
 
 
 def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
-    """Train (or resume) and return the final record (epoch, losses, best validation loss)."""
+    """Train (or resume) and return the final record: epoch, losses, validation metrics, and
+    ``selected_by``, ``best`` and ``best_epoch`` of ``best.pt``."""
     t = setup(cfg)
     record: dict[str, Any] = {}
     for epoch in range(t.start_epoch, cfg.train.epochs):
@@ -573,7 +639,9 @@ def run(cfg: RunConfig, *, verbose: bool = True) -> dict:
         _end_of_epoch(t, epoch, record)
         if t.world > 1:
             dist.barrier()
-    record["best_val_loss"] = t.best
+    record.update(
+        selected_by=selection_key(cfg.train, t.model.info), best=t.best, best_epoch=t.best_epoch
+    )
     return record
 
 

@@ -230,7 +230,7 @@ def test_fit_hook_optimiser_hook_and_sampled_validation(folder, tmp_path, monkey
     monkeypatch.setattr(train, "train_step", spy)
     out = tmp_path / "run"
     config = write_config(tmp_path / "f.yaml", folder, out, model="probe", epochs=3,
-                          sample_every=2, sample_batches=2)  # fmt: skip
+                          sample_every=2, sample_batches=2, select_by="loss")  # fmt: skip
     train.run(load_run_config(config), verbose=False)
     probe = built[0]
     assert probe.calls["fit"] == [["train"]]  # fitted once, on the train split only
@@ -367,7 +367,7 @@ def test_resume_refuses_another_dataset_and_reads_older_checkpoints(folder, tmp_
         train.run(load_run_config(config), verbose=False)
     # a checkpoint from before: resumed on the same data (its legacy digest), refused on other
     _as_legacy(last, dataset_digest(open_dataset(folder)))
-    assert train.run(load_run_config(config), verbose=False)["best_val_loss"] == state["best"]
+    assert train.run(load_run_config(config), verbose=False)["best"] == state["best"]
     meta = checkpoint_metadata(last)
     assert meta["dataset_digest_kind"] == LEGACY_DIGEST_KIND and meta["dataset"] == str(folder)
     assert model_from_checkpoint(last, channels=CHANNELS).model_name == "convcnp_tiny"

@@ -129,12 +129,27 @@ def test_gaussian_model_sampled_as_an_ensemble_stand_in(folder, tmp_path):
     assert results["members"] == 3 and results["analysis_seconds_per_cycle"] > 0
 
 
-def _result(name: str, model_name: str, mse_per_cycle, digest="d" * 64) -> dict:
+def _recipe(name: str, **train) -> dict:
+    return {
+        "model": {"name": name, "kwargs": {"norm_layer": "group"}},
+        "train": {"epochs": 10, **train},
+        "task": {"dataset": "era5-sample"},
+    }
+
+
+def _result(name: str, model_name: str, mse_per_cycle, digest="d" * 64, seed=0) -> dict:
     values = list(map(float, mse_per_cycle))
     entry = {"value": float(np.mean(values)), "ci": [0.0, 1.0], "std_over_seeds": None}
+    host_name = model_name.removeprefix("multi_")
     return {
         "model": name,
-        "models": [{"model_name": model_name}],
+        "models": [
+            {
+                "model_name": model_name,
+                "checkpoint": {"seed": seed, "checkpoint": f"/runs/{model_name}/best.pt"},
+                "recipe": _recipe(host_name),
+            }
+        ],
         "dataset_digest": digest,
         "split": "test",
         "times": [f"2024-01-{d:02d}" for d in range(1, len(values) + 1)],
@@ -155,21 +170,98 @@ def test_table4_imp_is_the_relative_mse_improvement_with_a_paired_interval(tmp_p
     imp = evaluate.improvement(results[1], results[0])
     assert imp["value"] == pytest.approx(100 * (1 - multi.mean() / host.mean()))
     assert imp["ci"][0] < imp["value"] < imp["ci"][1] and imp["ci"][0] > 9
+    assert imp["host"] == "same recipe"
     table = evaluate.table4(results)
     assert "Imp (%)" in table and "| Multi |" in table and "precip: ERA5 tp at capitals" in table
     assert evaluate.table4(results[:1]) is None
     assert "trained from scratch" in table
     results[1]["modalities"]["used"] = ["precip", "precip_gauges"]
     assert "precip, precip_gauges (precip: ERA5 tp at capitals)" in evaluate.table4(results)
-    host_path, other_path = tmp_path / "host.pt", tmp_path / "other.pt"
-    results[0]["models"][0]["checkpoint"] = {"checkpoint": str(host_path)}
-    for start, expected in ((host_path, "this host's checkpoint"), (other_path, "another")):
-        init = {"path": str(start), "epoch": 9}
-        results[1]["models"][0]["checkpoint"] = {"init_from": init}
-        assert f"fine-tuned from {expected}" in evaluate.table4(results)
+    host_path = tmp_path / "host.pt"
+    results[0]["models"][0]["checkpoint"]["checkpoint"] = str(host_path)
+    results[1]["models"][0]["checkpoint"]["init_from"] = {"path": str(host_path), "epoch": 9}
+    assert "fine-tuned from this host's checkpoint" in evaluate.table4(results)
+    assert evaluate.improvement(results[1], results[0])["host"] == "fine-tuned"
     other = _result("Multi", "multi_convcnp_small", multi, digest="e" * 64)
     with pytest.raises(DambenchInputError, match="dataset_digest differ"):
         evaluate.improvement(other, results[0])
+
+
+def test_table4_refuses_an_imp_across_different_hosts(tmp_path):
+    """Multi-SDA (background as the score network's context) against zero-shot SDA, or a
+    Multi-X trained with another recipe or seed than the X given, gets no Imp."""
+    rng = np.random.default_rng(1)
+    host_mse = rng.uniform(30, 40, 20)
+    sda = _result("sda", "sda_small", host_mse)
+    multi = _result("multi_sda", "multi_sda_small", host_mse * 0.5)
+    multi["models"][0]["recipe"]["model"]["kwargs"] = {"background": "context"}
+    sda["models"][0]["recipe"]["model"]["kwargs"] = {"background": "guidance"}
+    with pytest.raises(DambenchInputError, match="background.*Imp across different hosts"):
+        evaluate.improvement(multi, sda)
+    table = evaluate.table4([sda, multi])
+    assert "no Imp" in table and "| multi_sda |" in table
+    assert "Imp (%)" not in table.splitlines()[0]  # the only Multi-X has no Imp
+    # another model altogether, another seed, or a fine-tune from another checkpoint
+    adas = _result("adas", "adas_small", host_mse)
+    with pytest.raises(DambenchInputError, match="not on adas"):
+        evaluate.improvement(_result("m", "multi_convcnp_small", host_mse), adas)
+    reseeded = _result("m", "multi_sda_small", host_mse, seed=3)
+    with pytest.raises(DambenchInputError, match="seed 3: no host run of that seed"):
+        evaluate.improvement(reseeded, _result("sda", "sda_small", host_mse))
+    longer = _result("m", "multi_sda_small", host_mse)
+    longer["models"][0]["recipe"]["train"]["epochs"] = 90
+    with pytest.raises(DambenchInputError, match="train.epochs: 10 -> 90"):
+        evaluate.improvement(longer, _result("sda", "sda_small", host_mse))
+    longer["models"][0]["checkpoint"]["init_from"] = {"path": str(tmp_path / "x.pt"), "epoch": 1}
+    with pytest.raises(DambenchInputError, match="Imp across different hosts"):
+        evaluate.improvement(longer, _result("sda", "sda_small", host_mse))
+
+
+def _meta(model: str, seed: int, **train) -> dict:
+    config = _recipe(model, seed=seed, out=f"runs/{model}_{seed}", **train)
+    return {"checkpoint": f"runs/{model}_{seed}/best.pt", "model": model, "seed": seed,
+            "config": config}
+
+
+def test_seeds_of_one_method_share_model_and_config_and_differ_in_seed():
+    evaluate.check_seeds_of_one_method([_meta("convcnp_small", 0), _meta("convcnp_small", 1)])
+    with pytest.raises(DambenchInputError, match="holds convcnp_small and .* holds adas_small"):
+        evaluate.check_seeds_of_one_method([_meta("convcnp_small", 0), _meta("adas_small", 1)])
+    with pytest.raises(DambenchInputError, match="train.epochs: 10 -> 20"):
+        evaluate.check_seeds_of_one_method(
+            [_meta("convcnp_small", 0), _meta("convcnp_small", 1, epochs=20)]
+        )
+    with pytest.raises(DambenchInputError, match="all trained with train.seed=0"):
+        evaluate.check_seeds_of_one_method([_meta("convcnp_small", 0), _meta("convcnp_small", 0)])
+    a, b = _meta("convcnp_small", 0), _meta("convcnp_small", 1)
+    assert evaluate.config_digest(a["config"]) == evaluate.config_digest(b["config"])
+
+
+class _TargetProbe(BaselineModule):
+    """Records whether its analysis step was handed the target."""
+
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def analyse(self, batch, *, members=None, seed=0):
+        self.targets.append(batch.target)
+        return Analysis(mean=batch.background + 0.1 * batch.observation)
+
+
+def test_analyse_never_sees_the_target_and_a_nan_target_changes_nothing(folder, tmp_path):
+    ds = open_dataset(folder, split="test").load()
+    stats = stats_from_attrs(ds)
+    stores = {}
+    for label, data in (("real", ds), ("nan", ds.assign(target=ds["target"] * np.nan))):
+        probe = _TargetProbe()
+        stores[label] = tmp_path / f"{label}.zarr"
+        options = {"members": None, "sample_seed": 0, "batch_size": 2, "attrs": {}}
+        evaluate.predict_to_store(probe, data, stats, stores[label], **options)
+        assert probe.targets and all(t is None for t in probe.targets)
+    real, nan = (xr.open_zarr(stores[k])["analysis"].values for k in ("real", "nan"))
+    assert np.isfinite(real).all()
+    np.testing.assert_array_equal(real, nan)
 
 
 def test_withheld_modalities_are_marked_absent_not_faked():
