@@ -1,10 +1,12 @@
 """The baselines on the embedded era5-sample, end to end on a CPU in a few minutes.
 
     python baselines/run_sample.py [--out sample-results] [--models convcnp_small fnp_small]
+                                   [--seeds 0 1 2]
 
 Builds (first use) and loads era5-sample, scores the registered models that need no training
 (Background, and 3D-Var fitted on the train split), trains each model of ``--models`` with its
-config (``baselines/configs/NAME.yaml``), scores it on the test split through the package's
+config (``baselines/configs/NAME.yaml``) once per ``--seeds`` seed (``best.pt`` chosen by the
+validation metric), scores the seeds together on the test split (mean ± std over seeds) through the package's
 scorer (``dambench evaluate``: block-bootstrap intervals, ensembles scored on their mean with
 CRPS and spread/skill), and writes the leaderboard (Markdown: Table 3, the ensemble table, and
 Table 4 when a ``multi_X`` config follows ``X``, fine-tuned from the ``X`` trained in the same
@@ -53,21 +55,32 @@ def _references() -> list[str]:
     return [name for name in names if not model_info(name).trainable]
 
 
-def _train_and_score(name: str, folder: Path, out: Path, epochs: int | None, quiet: bool) -> Path:
-    overrides = [f"task.dataset={folder}", f"train.out={out / 'runs' / name}"]
+def _train(name: str, folder: Path, out: Path, seed: int, epochs: int | None, quiet: bool) -> Path:
+    """Train one seed of config ``name`` into ``OUT/runs/NAME/seed<k>``; a ``multi_X`` config
+    fine-tunes the ``X`` seed trained earlier in this run. Returns its ``best.pt``."""
+    run = out / "runs" / name / f"seed{seed}"
+    overrides = [f"task.dataset={folder}", f"train.out={run}", f"train.seed={seed}"]
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     if config["model"].get("init_from"):  # fine-tune the host trained earlier in this run
-        host = out / "runs" / Path(config["model"]["init_from"]).parts[1]
+        host = out / "runs" / Path(config["model"]["init_from"]).parts[1] / f"seed{seed}"
         overrides.append(f"model.init_from={host / 'checkpoints' / 'best.pt'}")
     if epochs:
         overrides.append(f"train.epochs={epochs}")
     cfg = load_run_config(CONFIGS / f"{name}.yaml", overrides)
     started = time.perf_counter()
     record = train.run(cfg, verbose=not quiet)
-    print(f"trained {name} in {time.perf_counter() - started:.1f} s: {record}")
-    checkpoint = out / "runs" / name / "checkpoints" / "best.pt"
+    print(
+        f"trained {name} seed {seed} in {time.perf_counter() - started:.1f} s: best.pt is epoch "
+        f"{record['best_epoch']} ({record['selected_by']} {record['best']:.4g})"
+    )
+    return run / "checkpoints" / "best.pt"
+
+
+def _train_and_score(name: str, folder: Path, out: Path, args: argparse.Namespace) -> Path:
+    """Train every seed of ``name`` and score them together (mean ± std over seeds)."""
+    checkpoints = [str(_train(name, folder, out, s, args.epochs, args.quiet)) for s in args.seeds]
     started = time.perf_counter()
-    evaluate.run(_eval_args(folder, out / name, checkpoint=[str(checkpoint)], name=name))
+    evaluate.run(_eval_args(folder, out / name, checkpoint=checkpoints, name=name))
     print(f"evaluated {name} in {time.perf_counter() - started:.1f} s")
     return out / name / "results.json"
 
@@ -82,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         help="configs to train (baselines/configs/NAME.yaml)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training seeds of every model (rows are the mean ± std over seeds; the paper "
+        "averages 5 runs)",
+    )
     parser.add_argument(
         "--no-references",
         action="store_true",
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluated {reference} in {time.perf_counter() - started:.1f} s")
         results.append(out / reference / "results.json")
     for name in args.models:
-        results.append(_train_and_score(name, folder, out, args.epochs, args.quiet))
+        results.append(_train_and_score(name, folder, out, args))
     table = evaluate.leaderboard([str(p) for p in results], str(out / "leaderboard.md"))
     print("\nTable 3 layout on era5-sample's test split (mean [95 % block-bootstrap interval]):")
     print(table)
