@@ -2,7 +2,8 @@
 
 Both are deterministic functions of the data (no wall-clock time anywhere), so a resumed build ends
 byte-identical to an uninterrupted one. Every file is written to a temporary name and renamed
-(zarr's local store does the same with ``*.partial`` names), so a file is whole or absent.
+(zarr's local store does the same with ``*.partial`` names), so a file is whole or absent; a
+write that fails (a full disk) removes its temporary file.
 
 Both formats carry their own checksums, so a read of corrupted bytes fails without a full hash:
 every Zarr chunk ends with a crc32c (:data:`ZARR_COMPRESSORS`; the shard index has one by default)
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +52,25 @@ CHANNEL_LEVEL_ATTRS = {
 }
 
 
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """Yield the temporary name of ``path``; after the block, rename it to ``path`` (atomic).
+    When the block fails (a full disk), the temporary file is removed (freeing its space) and
+    ``path`` is left as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -190,21 +207,22 @@ def write_parquet(path: Path, times: np.ndarray, arrays: dict[str, np.ndarray], 
     """One Parquet file, one row group per cycle, zstd, no dictionary encoding, page checksums;
     atomic."""
     schema_ = features.arrow_schema
-    tmp = path.with_name(path.name + ".tmp")
-    with pq.ParquetWriter(
-        tmp,
-        schema_,
-        compression="zstd",
-        use_dictionary=False,
-        write_statistics=False,
-        write_page_checksum=True,
-    ) as writer:
+    with (
+        _replacing(path) as tmp,
+        pq.ParquetWriter(
+            tmp,
+            schema_,
+            compression="zstd",
+            use_dictionary=False,
+            write_statistics=False,
+            write_page_checksum=True,
+        ) as writer,
+    ):
         for i, time in enumerate(times):
             columns = {"time": pa.array(np.array([time], dtype="datetime64[ns]"))}
             for name, values in arrays.items():
                 columns[name] = _nested(values[i : i + 1], schema_.field(name).type)
             writer.write_table(pa.table(columns, schema=schema_))
-    os.replace(tmp, path)
 
 
 def preview_table(
@@ -256,9 +274,8 @@ def preview_table(
 def write_preview(path: Path, table: pa.Table) -> None:
     """Write a preview table (zstd, page checksums) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
 
 
 def store_history() -> str:

@@ -1,9 +1,11 @@
 """Builds that can never leave a silently wrong folder (issue 9): kills inside file writes resume
 byte-identical with nothing stray in the manifest, one builder per folder, stale locks taken
-over, the narrow windows around the state folder and the manifest, re-runs that verify."""
+over, the narrow windows around the state folder and the manifest, re-runs that verify; a full
+disk or a read-only folder explained in one line (issue 18)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -317,3 +319,188 @@ def test_a_stray_file_is_refused_not_listed(tmp_path, monkeypatch, fast_recipe):
     with pytest.raises(DambenchBuildError, match=r"unexpected \['data/notes.txt'\]"):
         build("era5-sample", out, verbose=False)
     assert not (out / "manifest.json").exists()
+
+
+# --- a full disk, a read-only folder (issue 18, item 7) ------------------------------------------
+
+
+def no_space(path):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+class DiskFull:
+    """Raises ENOSPC at the ``at``-th write of a ``kind`` of file, as the writer would, after
+    writing part of its temporary file (what a real full disk leaves)."""
+
+    def __init__(self, monkeypatch, kind: str, at: int = 1):
+        self.kind, self.at, self.count, self.hit = kind, at, 0, None
+        put, write_table = zarr_local._put, pq.ParquetWriter.write_table
+        write_bytes = writers.Path.write_bytes
+
+        def put_or_fail(path, value, exclusive=False):
+            if self.tick("zarr chunk" if path.name != "zarr.json" else "zarr metadata", path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.with_suffix(".full.partial").write_bytes(b"\0" * 10)
+                raise no_space(path)
+            return put(path, value, exclusive)
+
+        def write_table_or_fail(writer, table, *args, **kwargs):
+            if self.tick("parquet row group", "?"):
+                raise OSError(errno.ENOSPC, "Error writing bytes to file: No space left on device")
+            return write_table(writer, table, *args, **kwargs)
+
+        def write_bytes_or_fail(path, data):
+            if self.tick(f"json {path.name.removesuffix('.tmp')}", path):
+                write_bytes(path, data[: len(data) // 2])
+                raise no_space(path)
+            return write_bytes(path, data)
+
+        monkeypatch.setattr(zarr_local, "_put", put_or_fail)
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", write_table_or_fail)
+        monkeypatch.setattr(writers.Path, "write_bytes", write_bytes_or_fail)
+
+    def tick(self, kind: str, path) -> bool:
+        if kind != self.kind:
+            return False
+        self.count += 1
+        if self.count == self.at:
+            self.hit = path
+            return True
+        return False
+
+
+@pytest.mark.parametrize(
+    "kind, at",
+    [
+        ("zarr metadata", 3),  # creating the store
+        ("zarr chunk", 12),  # a shard
+        ("parquet row group", 4),
+        ("json stats.json", 1),
+        ("json manifest.json", 1),
+    ],
+)
+def test_a_full_disk_ends_in_one_line_and_resumes_byte_identical(
+    tmp_path, monkeypatch, capsys, reference, fast_recipe, kind, at
+):
+    from dambench.cli import main
+
+    folder, digests = reference
+    out = tmp_path / "era5-sample"
+    with monkeypatch.context() as patch:
+        full = DiskFull(patch, kind, at)
+        with pytest.raises(DambenchBuildError) as caught:
+            build("era5-sample", out, verbose=False)
+        assert full.hit is not None
+        message = str(caught.value)
+        assert "\n" not in message and "no space left on the device holding" in message
+        assert "Free space there" in message and "resumes" in message
+        assert isinstance(caught.value.__cause__, OSError)
+        assert not list(out.rglob("*.tmp"))  # dambench's temporary files are removed
+        assert not (out / "manifest.json").exists()
+        # the command line: one line, no traceback
+        full.count = 0
+        assert main(["build", "era5-sample", "--quiet", "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "dambench build: error: Cannot write" in err and "no space left" in err
+    build("era5-sample", out, verbose=False)  # space again: it resumes
+    assert tree_digest(out) == digests
+
+
+@pytest.fixture
+def read_only():
+    """Makes a folder (recursively) unwritable for real: ``chmod a-w`` for a user, ``chattr +i``
+    (immutable) for root, whom permissions do not stop; undone at teardown."""
+    folders = []
+
+    def make(folder):
+        if os.geteuid() != 0:
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(path.stat().st_mode & ~0o222)
+        else:
+            run = subprocess.run(["chattr", "-R", "+i", str(folder)], capture_output=True)
+            if run.returncode != 0:
+                pytest.skip(
+                    "running as root, where chmod does not stop writes, and chattr +i failed "
+                    f"({run.stderr.decode().strip()}); the simulated read-only tests still run"
+                )
+        folders.append(folder)
+        probe = folder / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        return folder
+
+    yield make
+    for folder in folders:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-R", "-i", str(folder)], check=True)
+        else:
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_a_finished_read_only_folder_is_verified_not_crashed(tmp_path, reference, read_only):
+    folder, digests = reference
+    out = read_only(shutil.copytree(folder, tmp_path / "era5-sample"))
+    assert build("era5-sample", out, verbose=False) == out  # verified, nothing written
+    assert tree_digest(out) == digests and not (out / LOCK_NAME).exists()
+
+
+def test_a_changed_file_in_a_read_only_folder_is_still_found(tmp_path, reference, read_only):
+    folder, _ = reference
+    out = shutil.copytree(folder, tmp_path / "era5-sample")
+    stats = out / "stats.json"
+    stats.write_text(stats.read_text().replace('"train"', '"trains"'))
+    read_only(out)
+    with pytest.raises(DambenchIntegrityError, match=r"changed files \['stats.json'\]"):
+        build("era5-sample", out, verbose=False)
+
+
+@pytest.mark.parametrize("where", ["empty folder", "inside a read-only parent"])
+def test_a_build_into_a_read_only_folder_ends_in_one_line(tmp_path, capsys, read_only, where):
+    from dambench.cli import main
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    out = parent / "era5-sample"
+    if where == "empty folder":
+        out.mkdir()
+    read_only(parent)
+    assert main(["build", "era5-sample", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"Cannot write {out}" in err and "is not writable by this process" in err
+    assert "Make it writable" in err
+
+
+def test_a_read_only_filesystem_is_explained_and_a_finished_one_verified(
+    tmp_path, monkeypatch, reference
+):
+    """The same on a read-only mount (EROFS), simulated: every creation under the folder fails."""
+    folder, digests = reference
+    out = shutil.copytree(folder, tmp_path / "era5-sample")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def open_read_only(path, flags, *args, **kwargs):
+        if str(path).startswith((str(out), str(empty))) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir_read_only(path, *args, **kwargs):
+        if str(path).startswith((str(out), str(empty))):
+            raise refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_read_only)
+    monkeypatch.setattr(os, "mkdir", mkdir_read_only)
+    assert build("era5-sample", out, verbose=False) == out
+    assert tree_digest(out) == digests
+    with pytest.raises(DambenchBuildError, match="the filesystem is read-only") as caught:
+        build("era5-sample", empty, verbose=False)
+    assert f"Cannot write {empty / LOCK_NAME}" in str(caught.value)
+    assert list(empty.iterdir()) == []
