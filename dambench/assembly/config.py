@@ -28,6 +28,7 @@ import pandas as pd
 from dambench import schema
 from dambench.channels import check_channel_names
 from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.sources.era5 import ARCO_ERA5_URL, ERA5_STORES
 
 RECIPES = ("era5-sample", "era5-fengwu")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -52,6 +53,7 @@ BACKGROUND_KEYS = {
         "lead_hours",
         "step_hours",
         "channels",
+        "allow_coarse_forecaster_input",
     },
 }
 RECIPE_BACKGROUND = {"era5-sample": "persistence", "era5-fengwu": "onnx"}
@@ -197,6 +199,7 @@ def check_config(raw: Mapping[str, Any], source: str = "config") -> None:
     check_observation(raw["observation"], f"{where}: 'observation'")
     _check_modalities(raw.get("modalities", {}), recipe, where)
     _check_inputs(raw.get("inputs", {}), recipe, where)
+    _check_declared_store(raw, where)
     for key in ("cycles_per_shard", "cycles_per_parquet_file"):
         if key in raw and raw[key] < 1:
             raise DambenchInputError(f"{where}: {key!r} must be >= 1, got {raw[key]}.")
@@ -337,6 +340,12 @@ def _check_background(background: Mapping, recipe: str, where: str) -> None:
             raise DambenchInputError(f"{key}.model_grid_deg must be > 0, got {grid}.")
     if "channels" in background:
         _check_channels(background["channels"], f"{key}.channels")
+    allow = background.get("allow_coarse_forecaster_input", False)
+    if not isinstance(allow, bool):
+        raise DambenchInputError(
+            f"{key}.allow_coarse_forecaster_input must be true or false, got "
+            f"{type(allow).__name__} {allow!r}."
+        )
 
 
 def check_observation(spec: Mapping, key: str = "observation") -> None:
@@ -424,3 +433,46 @@ def _check_inputs(inputs: Mapping, recipe: str, where: str) -> None:
         _expect(value, str, f"{where}: 'inputs.{name}'", "a path, URL or URL template")
     if recipe == "era5-fengwu" and "era5" not in inputs:
         raise DambenchInputError(f"{where}: recipe era5-fengwu needs 'inputs.era5' (--era5).")
+
+
+def _check_declared_store(raw: Mapping[str, Any], where: str) -> None:
+    """For an ``inputs.era5`` that is a known public store (:data:`ERA5_STORES`), check what it
+    declares before anything is opened: its grid against the forecaster's ``model_grid_deg`` and
+    its valid times against the splits' cycles and the forecaster's initial states."""
+    store = ERA5_STORES.get(raw.get("inputs", {}).get("era5", ""))
+    if store is None or raw["recipe"] != "era5-fengwu" or "dates" not in raw["splits"]:
+        return
+    background = raw["background"]
+    model_grid = background.get("model_grid_deg")
+    coarse = model_grid is not None and store.grid_deg > model_grid + 1e-6
+    if coarse and not background.get("allow_coarse_forecaster_input", False):
+        raise DambenchInputError(
+            f"{where}: inputs.era5 is {store.description} ({store.grid_deg:g} deg) but the "
+            f"forecaster runs on a {model_grid:g} deg grid (background.model_grid_deg); expected "
+            f"an ERA5 store at {model_grid:g} deg or finer, e.g. ARCO-ERA5 ({ARCO_ERA5_URL}). "
+            "Pass such a store (--era5), or set background.allow_coarse_forecaster_input to true "
+            "to feed the interpolated field (recorded in the card)."
+        )
+    span = _needed_span(raw["splits"]["dates"], background)
+    for name, (first, last) in span.items():
+        early = first < pd.Timestamp(store.first)
+        late = store.last is not None and last > pd.Timestamp(store.last)
+        if early or late:
+            raise DambenchInputError(
+                f"{where}: split {name!r} needs ERA5 from {first} to {last} (its cycles and the "
+                f"forecaster's initial states) but inputs.era5, {store.description}, holds "
+                f"{store.first} to {store.last or 'present'}; choose split dates inside it or "
+                f"another ERA5 store (e.g. ARCO-ERA5, {ARCO_ERA5_URL})."
+            )
+
+
+def _needed_span(dates: Mapping, background: Mapping) -> dict[str, tuple[pd.Timestamp, ...]]:
+    """Split -> (first, last) ERA5 time its cycles need, initial states included."""
+    back = pd.Timedelta(
+        hours=background.get("lead_hours", 24) + background.get("step_hours", 6)
+    )
+    last_hour = pd.Timedelta(hours=max(schema.CYCLE_HOURS_UTC))
+    return {
+        name: (pd.Timestamp(a) - back, pd.Timestamp(b).normalize() + last_hour)
+        for name, (a, b) in dates.items()
+    }
