@@ -7,6 +7,11 @@ each model's :class:`~baselines.interface.ModelInfo` and names none), on random 
 tensors of the real shape (121 x 240, the variant's ``in_chans`` channels, 5 % observed, the
 modalities the model takes: its ``modality_chans``, else its adapter's, else one):
 
+With ``--data FOLDER`` (e.g. the production rehearsal's 69-channel build) the batches come from
+that dataset through ``make_dataloader`` and ``fit`` uses its cycles instead. ``adamw_state_mib``
+is the computed size of the weights, gradients and AdamW moments (float32), the floor of a
+training step's memory.
+
 - ``fit_s``: ``model.fit`` on a synthetic 2-cycle train split, when ``info.needs_fit``. A fit
   that needs the data stack (e.g. SLAMS trains its autoencoder through ``dambench.batching``,
   which needs xbatcher) is skipped where that is not installed: ``fit_skipped=1``, a note names
@@ -175,6 +180,34 @@ def synthetic_train_split(in_chans: int, n_time: int = 2):
     return ds, stats
 
 
+def data_split(folder: str):
+    """``(dataset, stats)`` of a built dataset (``--data``), every cycle labelled ``train``
+    (a rehearsal's cycles may all lie in one split), for ``fit`` and the loaders."""
+    from dambench.load import open_dataset, stats_from_attrs
+
+    ds = open_dataset(folder)
+    ds = ds.assign_coords(split=("time", ["train"] * ds.sizes["time"]))
+    return ds, stats_from_attrs(ds)
+
+
+def data_batches(folder: str, model, batch_size: int, device: torch.device):
+    """``(train_batch, analysis_batch)`` from a built dataset (``--data``): the first training
+    batch (fresh observations, as ``train.py`` draws them) and the first stored-observation
+    batch through :func:`dambench.batching.make_dataloader`, with the modalities the model
+    takes."""
+    from dambench.batching import make_dataloader
+
+    ds, stats = data_split(folder)
+    batches = []
+    for train in (True, False):
+        loader = make_dataloader(
+            ds, batch_size=batch_size if train else 1, train=train, stats=stats,
+            model_info=model.info,
+        )  # fmt: skip
+        batches.append(DABatch.from_loader(next(iter(loader))).to(device))
+    return batches[0], batches[1]
+
+
 def fill_unfitted(model: torch.nn.Module, seed: int = 0) -> list[str]:
     """Give every floating buffer that holds non-finite values (a statistic ``fit`` has not
     set) random values in [0.5, 1]; returns their names."""
@@ -188,14 +221,20 @@ def fill_unfitted(model: torch.nn.Module, seed: int = 0) -> list[str]:
     return filled
 
 
-def fit_or_fill(model: torch.nn.Module, in_chans: int) -> tuple[dict[str, float], str | None]:
-    """``({"fit_s": seconds}, None)`` after ``model.fit`` on the synthetic split; where the fit
+def fit_or_fill(
+    model: torch.nn.Module, in_chans: int, data: str | None = None
+) -> tuple[dict[str, float], str | None]:
+    """``({"fit_s": seconds}, None)`` after ``model.fit`` on the synthetic split (or on every
+    cycle of the ``--data`` folder); where the fit
     needs a package that is not installed (an ``ImportError``: the data stack on the GPU
     image), ``({"fit_skipped": 1.0}, note)`` with the unfitted statistics filled at random
     (:func:`fill_unfitted`) and the note naming the error and the buffers."""
     start = time.perf_counter()
     try:
-        model.fit(*synthetic_train_split(in_chans))
+        if data:
+            model.fit(*data_split(data))
+        else:
+            model.fit(*synthetic_train_split(in_chans))
     except ImportError as err:  # MissingDependencyError is one too
         filled = fill_unfitted(model)
         reason = f"{type(err).__name__}: {err}".replace("\n", " ")[:200]
@@ -268,20 +307,25 @@ def bench_model(name: str, args, device: torch.device) -> tuple[dict[str, float]
     out: dict[str, float] = {"in_chans": float(in_chans), "modalities": float(m)}
     note = None
     if model.info.needs_fit:
-        fitted, note = fit_or_fill(model, in_chans)
+        fitted, note = fit_or_fill(model, in_chans, args.data)
         out.update(fitted)
     out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    out["adamw_state_mib"] = 4 * 4 * out["params_m"] * 1e6 / 2**20  # weights, grads, m, v
+    if args.data:
+        train_batch, batch = data_batches(args.data, model, args.batch_size, device)
+    else:
+        train_batch = random_batch(in_chans, args.batch_size, device, modalities=m)
+        batch = random_batch(in_chans, 1, device, seed=1, modalities=m)
     if model.info.trainable:
-        batch = random_batch(in_chans, args.batch_size, device, modalities=m)
-        out.update(bench_training(model, batch, args, device))
+        out.update(bench_training(model, train_batch, args, device))
         model.zero_grad(set_to_none=True)
-    batch = random_batch(in_chans, 1, device, seed=1, modalities=m)
     out.update(bench_analysis(model, batch, args, device))
     return out, note
 
 
 def _format_table(results: dict[str, dict[str, float] | str]) -> str:
-    columns = ["in_chans", "modalities", "params_m", "fit_s", "step_ms", "samples_per_s",
+    columns = ["in_chans", "modalities", "params_m", "adamw_state_mib", "fit_s", "step_ms",
+               "samples_per_s",
                "train_peak_mib", "analysis_ms", "members", "member_ms",
                "analysis_peak_mib"]  # fmt: skip
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -303,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--models", default="*", help="extra name filter, e.g. 'fnp*'")
     parser.add_argument("--amp", action="store_true", help="autocast (float16) on CUDA")
+    parser.add_argument(
+        "--data",
+        help="a built dataset folder (e.g. the rehearsal's): batches through make_dataloader "
+        "and fits on its cycles instead of random tensors (needs the data stack)",
+    )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = [n for n in list_models(f"*_{args.size}") if n in list_models(args.models)]
