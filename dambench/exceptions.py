@@ -25,6 +25,16 @@ class DambenchSamplingError(DambenchError, RuntimeError):
     (non-finite or diverged values); the message names the settings to change."""
 
 
+class DambenchSourceError(DambenchError, OSError):
+    """A source cannot be reached or read; the message says which and what to do."""
+
+
+class DambenchRemoteError(DambenchSourceError):
+    """A remote read failed for good: a permanent answer (HTTP 403, a host that does not exist)
+    or transient failures (HTTP 5xx and 429, timeouts, connection resets) past the retry budget.
+    The message is one line naming the URL, what happened and how often it was tried."""
+
+
 class MissingDependencyError(DambenchError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 

@@ -4,7 +4,9 @@ A *source* turns files (a local path or any fsspec URL: ``gs://``, ``s3://``, ``
 ``hf://``) into canonical xarray objects: schema names and units, latitude 90 -> -90, longitude
 0 -> 360, dims ``(time, channel, latitude, longitude)`` for state variables or
 ``(time, latitude, longitude)`` for a single modality. Remote and local paths go through the same
-code: :func:`open_dataset_any` and :func:`local_copy`.
+code: :func:`open_dataset_any` and :func:`local_copy`. Remote reads retry transient failures
+with backoff and fail with one line naming the URL (:mod:`dambench.sources.retry`,
+:mod:`dambench.sources.remote`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import pandas as pd
 import xarray as xr
 
 from dambench import schema
-from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.exceptions import (
+    DambenchError,
+    DambenchInputError,
+    DambenchSourceError,
+    MissingDependencyError,
+)
+from dambench.sources.remote import REMOTE_EXTRA, prepare_remote, protocol_of, use_retrying_http
 
 PathLike = str | os.PathLike
 
-
-class DambenchSourceError(DambenchError, OSError):
-    """A source cannot be reached or read; the message says which and what to do."""
-
+use_retrying_http()
 
 @runtime_checkable
 class Source(Protocol):
@@ -52,17 +57,13 @@ def is_remote(path: PathLike) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
-def _protocol(path: PathLike) -> str:
-    text = str(path)
-    return text.split("://", 1)[0] if "://" in text else "file"
-
-
 def _unreachable(path: PathLike, err: Exception) -> DambenchSourceError:
     hint = ""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and _protocol(path) == "hf":
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and protocol_of(str(path)) == "hf":
         hint = " HF_HUB_OFFLINE=1 is set."
+    what = "not found" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
     return DambenchSourceError(
-        f"Cannot read {path!s} ({type(err).__name__}: {err}).{hint} Check the URL and the network, "
+        f"Cannot read {path!s} ({what}).{hint} Check the URL and the network, "
         "or download the file and pass its local path."
     )
 
@@ -130,49 +131,64 @@ def hub_unreachable_reason() -> str | None:
 
 
 def cache_root() -> Path:
-    """dambench's cache folder: ``$DAMBENCH_CACHE`` or ``~/.cache/dambench``."""
-    return Path(os.environ.get("DAMBENCH_CACHE") or Path.home() / ".cache" / "dambench")
+    """dambench's cache folder: ``$DAMBENCH_CACHE`` when set, else ``$XDG_CACHE_HOME/dambench``
+    when that is an absolute path (the XDG base directory rule), else ``~/.cache/dambench``."""
+    own = os.environ.get("DAMBENCH_CACHE", "").strip()
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "dambench"
+    return Path.home() / ".cache" / "dambench"
 
 
 def local_copy(path: PathLike, cache_dir: PathLike | None = None) -> Path:
     """A local file for ``path``: the path itself, or a cached download of a remote URL.
 
-    Needed by readers whose libraries only take file names (cfgrib for GRIB).
+    Needed by readers whose libraries only take file names (cfgrib for GRIB, onnxruntime, numpy).
+    A download retries transient failures; a failure raises one line naming the URL.
     """
     if not is_remote(path):
         local = Path(str(path).removeprefix("file://"))
         if not local.exists():
             raise DambenchInputError(f"No such file: {local}")
         return local
+    text = str(path)
+    options = {protocol_of(text): prepare_remote(text)}
     cache = str(cache_dir or cache_root() / "downloads")
     try:
-        with fsspec.open(f"filecache::{path}", filecache={"cache_storage": cache}) as handle:
+        with fsspec.open(
+            f"filecache::{text}", filecache={"cache_storage": cache}, **options
+        ) as handle:
             return Path(handle.name)
+    except DambenchError:
+        raise
     except Exception as err:  # noqa: BLE001 - any fsspec backend error means unreachable
-        raise _unreachable(path, err) from err
+        raise _unreachable(text, err) from err
 
 
 def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> xr.Dataset:
     """Open a Zarr store, netCDF (3 or 4) or GRIB file from a local path or any fsspec URL.
 
     ``engine`` is inferred from the name (``.zarr`` -> zarr, ``.grib``/``.grb`` -> cfgrib,
-    otherwise netCDF via h5netcdf or scipy) when not given. The result is lazy.
+    otherwise netCDF via h5netcdf or scipy) when not given. The result is lazy; its remote reads
+    retry transient failures, and a read that fails for good raises
+    :class:`~dambench.exceptions.DambenchRemoteError` naming the URL.
     """
     text = str(path).rstrip("/")
     engine = engine or _guess_engine(text)
     try:
+        options = prepare_remote(text) if is_remote(text) else {}
         if engine == "zarr":
-            with warnings.catch_warnings():
-                # stores without consolidated metadata (zarr v3 default) are read directly
-                warnings.filterwarnings("ignore", message="Failed to open Zarr store with cons")
-                return xr.open_zarr(text, **kwargs)
+            return _open_zarr(text, options, kwargs)
         if engine == "cfgrib":
             backend = {"indexpath": "", **kwargs.pop("backend_kwargs", {})}
             return xr.open_dataset(
                 local_copy(text), engine="cfgrib", backend_kwargs=backend, **kwargs
             )
         if is_remote(text):
-            return xr.open_dataset(fsspec.open(text, mode="rb").open(), engine=engine, **kwargs)
+            handle = fsspec.open(text, mode="rb", **options).open()
+            return xr.open_dataset(handle, engine=engine, **kwargs)
         local = local_copy(text)
         if engine is None:
             engine = "h5netcdf" if _is_hdf5(local) else "scipy"
@@ -185,16 +201,36 @@ def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> 
             f"{text}: cannot open as a {_KIND.get(engine, 'netCDF')} file ({type(err).__name__}: "
             f"{first_line})."
         ) from err
-    except (OSError, ImportError) as err:
-        if isinstance(err, ImportError):
-            raise DambenchSourceError(
-                f"Reading {text} needs an optional reader ({err}); for GRIB install "
-                "'dambench[grib]'."
-            ) from err
+    except ImportError as err:
+        raise _missing_reader(text, engine, err) from err
+    except OSError as err:
         raise _unreachable(text, err) from err
 
 
 _KIND = {"zarr": "Zarr", "cfgrib": "GRIB"}
+
+
+def _open_zarr(text: str, options: dict, kwargs: dict) -> xr.Dataset:
+    if options:
+        kwargs = {**kwargs, "storage_options": {**options, **kwargs.get("storage_options", {})}}
+    with warnings.catch_warnings():
+        # stores without consolidated metadata (zarr v3 default) are read directly
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with cons")
+        return xr.open_zarr(text, **kwargs)
+
+
+def _missing_reader(text: str, engine: str | None, err: ImportError) -> MissingDependencyError:
+    """The error for a reader or filesystem package that is not installed, naming its extra."""
+    if engine == "cfgrib":
+        extra = "pip install 'dambench[grib]'"
+    elif is_remote(text):
+        extra = REMOTE_EXTRA
+    else:
+        extra = "pip install h5netcdf scipy"
+    return MissingDependencyError(
+        f"Reading {text} needs an optional package that is not installed ({err}); install it "
+        f"with: {extra}"
+    )
 
 
 def _guess_engine(path: str) -> str | None:
