@@ -19,7 +19,9 @@ Conventions (the DAMBench protocol; see README "Metrics"):
   truth at a weighted point makes that sample's score NaN, and so the mean over samples. With
   ``skipna=True`` the weights are renormalised over the points where both are finite (a sample
   without one scores NaN) and NaN samples are left out of the mean over samples. A NaN can
-  therefore never improve a score.
+  therefore never improve a score. Inf is non-finite like NaN: ``skipna=True`` leaves it out
+  too; otherwise it makes the score inf or NaN.
+- Errors are formed in float64: a finite 1e30 in a float32 field squares to 1e60, never inf.
 - Regions: pass ``weights=dambench.regions.region_weights(...)`` to a metric, or ``region=`` to
   :func:`evaluate`.
 """
@@ -50,18 +52,27 @@ def _aligned(
     truth: xr.DataArray,
     sample_dim: SampleDim,
     exclude: Sequence[str] = (),
+    skipna: bool = False,
 ) -> tuple[xr.DataArray, xr.DataArray]:
-    """Validated, exactly aligned (prediction, truth)."""
+    """Validated, exactly aligned (prediction, truth) in float64, so that no error or squared
+    error overflows (a finite 1e30 squares to 1e60, not inf); with ``skipna`` Inf becomes NaN,
+    so that every non-finite value is left out alike."""
     for role, field in (("prediction", prediction), ("truth", truth)):
         if not np.issubdtype(field.dtype, np.number):
             raise DambenchInputError(f"{role} must be numeric, got dtype {field.dtype}.")
         check_sample_dim(field, schema.TIME if sample_dim is None else sample_dim)
     try:
-        return xr.align(prediction, truth, join="exact", exclude=exclude)
+        aligned = xr.align(prediction, truth, join="exact", exclude=exclude)
     except ValueError as err:
         raise DambenchInputError(
             f"prediction and truth must share coordinates (same times, channels, grid): {err}"
         ) from err
+    return tuple(_as_float64(field, skipna) for field in aligned)
+
+
+def _as_float64(field: xr.DataArray, skipna: bool) -> xr.DataArray:
+    out = field if field.dtype == np.float64 else field.astype(np.float64)
+    return out.where(np.isfinite(out)) if skipna else out
 
 
 def _sample_mean(x: xr.DataArray, sample_dim: SampleDim, skipna: bool) -> xr.DataArray:
@@ -95,7 +106,7 @@ def _pointwise(
     skipna: bool,
 ) -> xr.DataArray:
     """A grid-mean error metric: the (weighted) mean of the error over ``dims``, then samples."""
-    prediction, truth = _aligned(prediction, truth, sample_dim)
+    prediction, truth = _aligned(prediction, truth, sample_dim, skipna=skipna)
     options = {"weights": weights, "dims": dims, "skipna": skipna}
     per_sample = error_mean(prediction, truth, kind=kind, **options)
     out = _sample_mean(per_sample, sample_dim, skipna)
@@ -161,7 +172,7 @@ def rmse(
     (``sqrt_before_mean=True``, the benchmark protocol) or ``sqrt(mean_s MSE_s)`` (``False``,
     WeatherBench2's headline RMSE). NaN: see the module notes.
     """
-    prediction, truth = _aligned(prediction, truth, sample_dim)
+    prediction, truth = _aligned(prediction, truth, sample_dim, skipna=skipna)
     weighted_mse = error_mean(
         prediction, truth, kind="squared", weights=weights, dims=schema.SPATIAL_DIMS, skipna=skipna
     )
@@ -196,7 +207,7 @@ def acc(
     each time's day of year). With ``skipna=True`` all three means use the points where both
     anomalies are finite; otherwise a NaN gives NaN.
     """
-    prediction, truth = _aligned(prediction, truth, sample_dim)
+    prediction, truth = _aligned(prediction, truth, sample_dim, skipna=skipna)
     clim = climatology.astype(np.float64)
     f_anom = prediction.astype(np.float64) - clim
     o_anom = truth.astype(np.float64) - clim
@@ -246,11 +257,11 @@ def crps(
     n_members = ensemble.sizes[member_dim]
     if n_members < (2 if fair else 1):
         raise DambenchInputError(f"crps with {fair=} needs more members than {n_members}.")
-    ensemble, truth = _aligned(ensemble, truth, sample_dim, exclude=[member_dim])
+    ensemble, truth = _aligned(ensemble, truth, sample_dim, exclude=[member_dim], skipna=skipna)
     pointwise = xr.apply_ufunc(
         _crps_kernel,
         ensemble,
-        truth.astype(np.float64),
+        truth,
         kwargs={"fair": fair},
         input_core_dims=[[member_dim], []],
         dask="parallelized",

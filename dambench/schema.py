@@ -193,6 +193,62 @@ def channel_units(name: str) -> str:
     return VARIABLES[CHANNEL_VARIABLE[name]].units
 
 
+# --- plausible physical ranges -----------------------------------------------------------------
+STANDARD_GRAVITY_M_S2 = 9.80665
+"""g0 of the ICAO Standard Atmosphere (ISO 2533:1975): geopotential = g0 x geopotential height."""
+
+_STANDARD_HEIGHT_M = {
+    50: 20_576,
+    100: 16_180,
+    150: 13_608,
+    200: 11_784,
+    250: 10_363,
+    300: 9_164,
+    400: 7_185,
+    500: 5_574,
+    600: 4_206,
+    700: 3_012,
+    850: 1_457,
+    925: 762,
+    1000: 111,
+}
+# Geopotential height (m) of each level in the ICAO Standard Atmosphere (ISO 2533:1975).
+_HEIGHT_MARGIN_M = 3_000.0
+# Observed ERA5 heights stay within about 2 km of the standard atmosphere (a deep polar-night
+# vortex at 50 hPa, a record low at 1000 hPa); 3 km is generous.
+
+_VARIABLE_RANGE = {
+    "u10": (-150.0, 150.0),  # m s-1; the strongest jets stay under about 110 m s-1
+    "v10": (-150.0, 150.0),
+    "u": (-150.0, 150.0),
+    "v": (-150.0, 150.0),
+    "t2m": (150.0, 350.0),  # K; records 184 K (Vostok) and about 330 K
+    "t": (150.0, 350.0),  # K; the coldest polar stratosphere is about 175 K
+    "msl": (85_000.0, 110_000.0),  # Pa; records 870 hPa (Typhoon Tip) and 1084 hPa
+    "q": (-0.01, 0.05),  # kg kg-1; saturation at 35 C and 1000 hPa is about 0.036
+}
+# Specific humidity may dip a little below 0 in an ensemble member or an unconstrained network's
+# output: the check is meant for unit mistakes (g kg-1 labelled kg kg-1), not for such values.
+
+
+def _channel_range(name: str) -> tuple[float, float]:
+    variable = CHANNEL_VARIABLE[name]
+    if variable == "z":
+        height = _STANDARD_HEIGHT_M[CHANNEL_LEVEL[name]]
+        return (
+            STANDARD_GRAVITY_M_S2 * (height - _HEIGHT_MARGIN_M),
+            STANDARD_GRAVITY_M_S2 * (height + _HEIGHT_MARGIN_M),
+        )
+    return _VARIABLE_RANGE[variable]
+
+
+PHYSICAL_RANGE = MappingProxyType({name: _channel_range(name) for name in CHANNELS})
+"""Channel -> (lowest, highest) plausible value in the channel's units: generous physical bounds,
+far outside any analysis, that a field in other units falls out of (t2m in degrees Celsius,
+msl in hPa, q in g kg-1, z as geopotential height in metres). Scoring refuses predictions
+outside them."""
+
+
 # --- modalities --------------------------------------------------------------------------------
 MODALITY = "modality"
 """Dim of stacked modality fields and of their statistics."""

@@ -59,3 +59,26 @@ def test_level_tolerance_separates_float32_from_other_levels():
 
     nearest_float32 = float(np.nextafter(np.float32(850), np.float32(0)))
     assert abs(nearest_float32 - 850) < schema.LEVEL_ATOL_HPA < 0.4
+
+
+def test_physical_ranges_cover_every_channel_and_exclude_unit_mistakes():
+    assert set(schema.PHYSICAL_RANGE) == set(schema.CHANNELS)
+    assert all(low < high for low, high in schema.PHYSICAL_RANGE.values())
+    low, high = schema.PHYSICAL_RANGE["t2m"]
+    assert low <= 184 and 330 <= high and high < 273.15 + 150  # records in; degC + K out
+    low, high = schema.PHYSICAL_RANGE["msl"]
+    assert low <= 87_000 and 108_500 <= high and high / 100 < low  # hPa falls out
+    g0 = schema.STANDARD_GRAVITY_M_S2
+    observed_m = {50: (18_500, 22_000), 500: (4_600, 6_000), 1000: (-700, 600)}
+    for level, (lo_m, hi_m) in observed_m.items():
+        low, high = schema.PHYSICAL_RANGE[f"z{level}"]
+        assert low <= g0 * lo_m and g0 * hi_m <= high
+    assert schema.PHYSICAL_RANGE["z500"][0] > 6_000  # geopotential height in m falls out
+    assert schema.PHYSICAL_RANGE["q1000"][1] < 1  # q in g kg-1 (up to ~20) falls out
+
+
+def test_era5_sample_lies_within_the_physical_ranges(era5_sample_target):
+    for channel in era5_sample_target.channel.values.tolist():
+        values = era5_sample_target.sel(channel=channel).values
+        low, high = schema.PHYSICAL_RANGE[channel]
+        assert low <= values.min() and values.max() <= high, channel

@@ -3,7 +3,10 @@
 For each cycle of the split the target is read once, each method's analysis is read (one
 cycle), and :func:`dambench.metrics.evaluate` gives the per-cycle scores of every channel in
 every region. Ensembles are scored on their member mean, plus the fair CRPS and the
-ensemble variance and ensemble-mean squared error behind the spread/skill ratio.
+ensemble variance and ensemble-mean squared error behind the spread/skill ratio, all three
+cos-latitude weighted like RMSE. Before a block is scored, implausible values (outside
+:data:`dambench.schema.PHYSICAL_RANGE`) are refused, and so are NaN and Inf unless ``skipna``
+(which leaves every non-finite value out).
 The result is a table of per-cycle values keyed by (method, seed, region, channel, metric), in
 cycle order, which :mod:`dambench.scoring.report` aggregates with block-bootstrap intervals.
 """
@@ -21,10 +24,10 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dambench import schema
-from dambench.exceptions import DambenchInputError
 from dambench.metrics import crps, evaluate, spatial_mean
 from dambench.normalize import normalize
 from dambench.regions import Region, region_weights
+from dambench.scoring.plausibility import check_finite, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +67,6 @@ class CycleScores:
         return np.asarray(self.values[key], dtype=np.float64)
 
 
-def _check_finite(field_: xr.DataArray, method: str) -> None:
-    bad = field_.isnull()
-    if not bool(bad.any()):
-        return
-    first = bad.any([d for d in bad.dims if d != schema.TIME]).argmax().item()
-    cycle = bad.isel({schema.TIME: first})
-    per_channel = cycle.sum([d for d in cycle.dims if d != schema.CHANNEL])
-    listed = {
-        str(c): int(n)
-        for c, n in zip(cycle[schema.CHANNEL].values, per_channel.values, strict=True)
-        if n
-    }
-    when = str(cycle[schema.TIME].values)[:16]
-    raise DambenchInputError(
-        f"{method} holds NaN at {when} (points per channel: {listed}). A NaN would "
-        "make that cycle's score NaN; fill or drop the points, or score the finite points only "
-        "with skipna=True (--skipna), which is recorded in the outputs."
-    )
-
-
 def _append(out: CycleScores, key: tuple, values: xr.DataArray) -> None:
     """Append per-cycle ``values`` (time, [channel]) under ``key + (channel,)``: per channel,
     or the mean over channels under ``"all"`` when ``key`` ends with ``None``."""
@@ -108,13 +91,15 @@ def _record_evaluation(out: CycleScores, key: tuple, result: xr.Dataset) -> None
 
 
 def _ensemble_parts(members, target, weights) -> dict[str, xr.DataArray]:
+    """Per-cycle fair CRPS, ensemble variance and ensemble-mean squared error, each a
+    cos-latitude weighted mean (``weights``: the region's RMSE weights), so that CRPS, spread
+    and skill weigh the globe alike."""
     mean = members.mean("member")
+    fair = crps(members, target, member_dim="member", fair=True, weights=weights, sample_dim=None)
     return {
-        "crps": crps(
-            members, target, member_dim="member", fair=True, weights=weights["mse"], sample_dim=None
-        ),
-        "ens_var": spatial_mean(members.var("member", ddof=1), weights=weights["rmse"]),
-        "ens_mse": spatial_mean((mean - target) ** 2, weights=weights["rmse"]),
+        "crps": fair,
+        "ens_var": spatial_mean(members.var("member", ddof=1), weights=weights),
+        "ens_mse": spatial_mean((mean - target) ** 2, weights=weights),
     }
 
 
@@ -128,13 +113,10 @@ def _record_ensemble(out: CycleScores, key: tuple, members, target, stats, weigh
         _append(out, (*key, f"{metric}_norm"), values.mean(schema.CHANNEL, skipna=False))
 
 
-def _region_weight_set(region: Region, target: xr.DataArray) -> dict[str, xr.DataArray | None]:
-    """Weights of the region for grid means (MSE-like: uniform) and RMSE-like (cos latitude)."""
+def _region_weights(region: Region, target: xr.DataArray) -> xr.DataArray:
+    """The region's cos-latitude weights (those of RMSE), for the ensemble scores."""
     lat, lon = target[schema.LATITUDE], target[schema.LONGITUDE]
-    return {
-        "mse": region_weights(region, lat, lon, base=None),
-        "rmse": region_weights(region, lat, lon, base="cos"),
-    }
+    return region_weights(region, lat, lon, base="cos")
 
 
 def _blocks(times: np.ndarray, n_fields: int, budget_bytes: int) -> list[np.ndarray]:
@@ -183,7 +165,7 @@ def score_cycles(
         for block in blocks:
             selection = {schema.TIME: block, schema.CHANNEL: list(channels)}
             target = ds["target"].sel(selection).load()
-            weight_sets = {r.name: _region_weight_set(r, target) for r in regions}
+            weight_sets = {r.name: _region_weights(r, target) for r in regions}
             for method in methods:
                 _score_method_block(out, method, block, target, stats, regions, weight_sets, skipna)
             out.times.extend(block.tolist())
@@ -204,10 +186,19 @@ def _read_block(method: Method, block: np.ndarray, target: xr.DataArray) -> xr.D
     return xr.DataArray(values, dims=dims, coords=coords)
 
 
-def _score_method_block(out, method, block, target, stats, regions, weight_sets, skipna) -> None:
-    field_ = _read_block(method, block, target)
+def _checked(field_: xr.DataArray, method: str, skipna: bool) -> xr.DataArray:
+    """``field_`` refused when a finite value is implausible (:func:`check_range`) or, without
+    ``skipna``, when a value is NaN or Inf; with ``skipna`` every non-finite value becomes NaN
+    (left out of the scores)."""
+    check_range(field_, method)
     if not skipna:
-        _check_finite(field_, method.name)
+        check_finite(field_, method)
+        return field_
+    return field_.where(np.isfinite(field_))
+
+
+def _score_method_block(out, method, block, target, stats, regions, weight_sets, skipna) -> None:
+    field_ = _checked(_read_block(method, block, target), method.name, skipna)
     members = field_ if "member" in field_.dims else None
     analysis = members.mean("member", skipna=skipna) if members is not None else field_
     for region in regions:

@@ -4,8 +4,15 @@ A prediction file or store (Zarr, netCDF, local path or any fsspec URL) holds ei
 
 - a **stacked** variable with a ``channel`` dim (``(time, [member], channel, lat, lon)``), e.g.
   what :class:`PredictionWriter` or ``ds.dambench.to_channels()`` writes; or
-- **per-variable** fields with schema short names (``u10, v10, t2m, msl, z, q, u, v, t``), the
-  upper-air ones on a ``level`` dim in hPa (``Pa`` is converted when the level's ``units`` say so).
+- **per-variable** fields with schema short names (``u10, v10, t2m, msl, z, q, u, v, t``) or
+  WeatherBench2 names (``2m_temperature``, ``geopotential``, ...: any name
+  :func:`dambench.sources.lexicon.find_variable` knows), the upper-air ones on a ``level`` dim in
+  hPa (``Pa`` is converted when the level's ``units`` say so).
+
+Units must be the schema's: a variable (or stacked channel) in other units is refused; one
+without a ``units`` attribute is read as the schema's units, with a warning that
+:attr:`Predictions.warnings` records. float16 is refused for channels whose values exceed
+float16's largest finite value (msl in Pa, geopotential aloft).
 
 Latitude may run either way and longitude may be -180..180 (:func:`dambench.grid.to_canonical`
 fixes both); dims may use the usual aliases (``lat``, ``lon``, ``valid_time``, ...). Any subset
@@ -19,6 +26,7 @@ of 69-channel analyses is scored in the memory of a few cycles.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ from dambench.channels import available_channels, to_channels
 from dambench.exceptions import DambenchInputError, DambenchSchemaError
 from dambench.grid import rename_aliases, to_canonical
 from dambench.sources.base import is_remote, open_dataset_any
+from dambench.sources.lexicon import find_variable
 from dambench.units import canonical_units
 
 MEMBER_DIM_ALIASES = ("member", "ensemble", "number", "realization")
@@ -120,6 +129,38 @@ def _check_dims(ds: xr.Dataset, names: Sequence[str], member_dim: str | None) ->
             )
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _check_precision(dtypes: dict[str, np.dtype]) -> None:
+    """Refuse float16 channels whose plausible values float16 cannot hold (msl in Pa is
+    infinite in float16 by construction)."""
+    for channel, dtype in dtypes.items():
+        low, high = schema.PHYSICAL_RANGE[channel]
+        if dtype == np.float16 and max(abs(low), abs(high)) > FLOAT16_MAX:
+            units = schema.channel_units(channel)
+            raise DambenchSchemaError(
+                f"The predictions hold {channel} as float16, which cannot hold {channel} in "
+                f"{units}: its values reach {high:.6g} {units} and float16's largest finite "
+                f"value is {FLOAT16_MAX:.0f} (larger values are Inf). Write the predictions as "
+                "float32."
+            )
+
+
+def _unit_warnings(found: dict[str, str]) -> tuple[str, ...]:
+    """One warning naming the channels without a ``units`` attribute, or none."""
+    absent = [c for c, u in found.items() if not u]
+    if not absent:
+        return ()
+    expected = ", ".join(f"{c}: {schema.channel_units(c)!r}" for c in absent[:8])
+    more = f" and {len(absent) - 8} more" if len(absent) > 8 else ""
+    return (
+        f"The predictions give no units for {absent[:8]}{more}; they are read as the schema's "
+        f"units ({expected}). Set a 'units' attribute on each variable (or a 'units' channel "
+        "coordinate) so that a unit mistake is refused rather than scored.",
+    )
+
+
 def _check_units(found: dict[str, str]) -> None:
     wrong = {
         c: (u, schema.channel_units(c))
@@ -155,6 +196,8 @@ class Predictions:
         Valid times of the cycles (in the file's order).
     location
         Path or URL opened.
+    warnings
+        What was read on trust (e.g. channels without units): to be recorded with the scores.
     """
 
     raw: xr.Dataset
@@ -164,6 +207,7 @@ class Predictions:
     channels: tuple[str, ...]
     times: pd.DatetimeIndex
     location: str
+    warnings: tuple[str, ...] = ()
 
     @property
     def n_members(self) -> int:
@@ -188,22 +232,54 @@ class Predictions:
         return field.transpose(*order, schema.CHANNEL, *schema.SPATIAL_DIMS)
 
 
+def _schema_names(ds: xr.Dataset) -> xr.Dataset:
+    """Data variables named as another source names them (WeatherBench2's ``2m_temperature``,
+    GRIB's ``2t``) renamed to the schema's short names."""
+    renames = {}
+    for name in schema.VARIABLES:
+        found = find_variable(ds.data_vars, name)
+        if found is None or found == name:
+            continue
+        if name in ds.data_vars:
+            raise DambenchInputError(
+                f"The predictions hold both {name!r} and {found!r} (the same variable under two "
+                "names); keep one."
+            )
+        renames[found] = name
+    return ds.rename(renames)
+
+
 def _renamed(raw: xr.Dataset) -> xr.Dataset:
-    """Dim aliases renamed (cheap, lazy), without reorienting any data; levels in hPa."""
-    return _level_in_hpa(rename_aliases(raw))
+    """Dim aliases and source variable names renamed (cheap, lazy), without reorienting any
+    data; levels in hPa."""
+    return _schema_names(_level_in_hpa(rename_aliases(raw)))
 
 
 def _channels_of(ds: xr.Dataset, stacked: str | None) -> tuple[str, ...]:
     if stacked is None:
         return tuple(available_channels(ds))
-    field = ds[stacked]
-    found = [str(c) for c in field[schema.CHANNEL].values]
+    found = [str(c) for c in ds[stacked][schema.CHANNEL].values]
     unknown = [c for c in found if c not in schema.CHANNEL_INDEX]
     if unknown:
         raise DambenchSchemaError(f"Unknown channels {unknown} in the predictions.")
-    if "units" in field.coords:
-        _check_units(dict(zip(found, field["units"].values.tolist(), strict=True)))
     return tuple(c for c in schema.CHANNELS if c in found)
+
+
+def _units_and_dtypes(
+    ds: xr.Dataset, stacked: str | None, channels: Sequence[str]
+) -> tuple[dict[str, str], dict[str, np.dtype]]:
+    """Units (``""`` when not given) and dtype of each channel, from attributes only."""
+    if stacked is None:
+        names = {c: schema.CHANNEL_VARIABLE[c] for c in channels}
+        units = {c: str(ds[v].attrs.get("units", "")) for c, v in names.items()}
+        return units, {c: ds[v].dtype for c, v in names.items()}
+    field = ds[stacked]
+    if "units" in field.coords:
+        listed = [str(c) for c in field[schema.CHANNEL].values]
+        given = dict(zip(listed, field["units"].values.tolist(), strict=True))
+    else:
+        given = dict.fromkeys(channels, field.attrs.get("units", ""))
+    return {c: str(given[c]) for c in channels}, dict.fromkeys(channels, field.dtype)
 
 
 def open_predictions(
@@ -216,7 +292,13 @@ def open_predictions(
     DambenchInputError
         No time dim, duplicated times, unknown dims, an unknown ``variable`` or ``members_dim``.
     DambenchSchemaError
-        No schema channel found, or units other than the schema's.
+        No schema channel found, units other than the schema's, or float16 for a channel it
+        cannot hold.
+
+    Warns
+    -----
+    UserWarning
+        Channels without units (read as the schema's; also in :attr:`Predictions.warnings`).
     """
     raw = _renamed(_open_raw(path))
     if schema.TIME not in raw.dims:
@@ -240,12 +322,14 @@ def open_predictions(
         )
     names = [stacked] if stacked else sorted({schema.CHANNEL_VARIABLE[c] for c in channels})
     _check_dims(raw, names, member_dim)
-    if stacked is None:
-        _check_units(
-            {c: str(raw[schema.CHANNEL_VARIABLE[c]].attrs.get("units", "")) for c in channels}
-        )
+    units, dtypes = _units_and_dtypes(raw, stacked, channels)
+    _check_units(units)
+    _check_precision(dtypes)
+    notes = _unit_warnings(units)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     coords = to_canonical(raw.drop_vars(list(raw.data_vars)))
-    return Predictions(raw, coords, stacked, member_dim, channels, times, str(path))
+    return Predictions(raw, coords, stacked, member_dim, channels, times, str(path), notes)
 
 
 def check_against(predictions: Predictions, ds: xr.Dataset) -> None:

@@ -78,7 +78,7 @@ def test_nan_is_an_error_unless_skipna(sample_folder, sample_test, tmp_path):
     holed = xr.load_dataset(path)
     holed["t2m"][2, :60, :] = np.nan  # the southern half of one cycle is missing
     holed.to_netcdf(tmp_path / "holed.nc")
-    with pytest.raises(DambenchInputError, match="holds NaN at .*'t2m': 14400"):
+    with pytest.raises(DambenchInputError, match="holds NaN or Inf at .*'t2m': 14400"):
         evaluate_predictions(tmp_path / "holed.nc", sample_folder, n_resamples=50)
     report = evaluate_predictions(tmp_path / "holed.nc", sample_folder, skipna=True, n_resamples=50)
     assert report.summary["skipna"] is True
