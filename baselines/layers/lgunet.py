@@ -16,7 +16,17 @@ Structure, (B, sum(in_groups), H, W) -> (B, sum(out_groups), H, W)
     width; a linear map splits the result back into one 2 ``enc_dim`` map per group. Per group, a
     **local decoder** mirrors the encoder: concatenation with the level-2 skip, a linear squeeze,
     Swin level 2, patch expansion to H/2 x W/2, concatenation with the level-1 skip, a squeeze,
-    Swin level 1, LayerNorm and a 2 x 2 transposed convolution to the group's output channels.
+    Swin level 1, LayerNorm and the **patch recovery** to H x W and the group's output channels
+    (``recovery``):
+
+    - ``"resize_conv"`` (dambench's default): bilinear upsampling by 2 (longitude wrapped) and a
+      sphere-padded 3 x 3 convolution. Bilinear interpolation has no response at the grid's
+      Nyquist frequency and the convolution is shift-invariant, so the output carries no
+      2-periodic pattern of its own.
+    - ``"transposed"`` (upstream): a 2 x 2 stride-2 transposed convolution. Each token becomes a
+      2 x 2 block of learned weights, so the output is made of 2 x 2 tiles: an untrained decoder
+      puts hundreds of times more power at the longitude Nyquist than at its neighbours
+      (issue 17), and a trained one keeps grid-scale noise.
 
 Grid
     The two halvings need H and W divisible by 4: the input is padded on the sphere with
@@ -25,8 +35,9 @@ Grid
     are built for ``img_size`` and resampled for other grids.
 
 Deviations from upstream
-    Output channels are in group order (upstream permutes them: first halves, then second
-    halves, which the network learns around); shifted windows wrap in longitude (upstream too)
+    The patch recovery (above; upstream's transposed convolution stays selectable). Output
+    channels are in group order (upstream permutes them: first halves, then second halves,
+    which the network learns around); shifted windows wrap in longitude (upstream too)
     and padded latitude tokens are masked.
 """
 
@@ -36,12 +47,16 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from baselines.layers.sphere_pad import crop, pad_to_multiple
+from baselines.layers.conv import SphereConv2d
+from baselines.layers.sphere_pad import crop, pad_sphere, pad_to_multiple
 from baselines.layers.swin import PatchExpand, PatchMerging, SwinStage, resample_pos_embed
 
 GRID_MULTIPLE = 4
 """H and W of the padded grid are multiples of this (patch 2, then one 2 x 2 merging)."""
+RECOVERIES = ("resize_conv", "transposed")
+"""Patch recoveries of the local decoder (module docstring); the first is the default."""
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +65,37 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 def _fields(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)
+
+
+def upsample_sphere(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 2 H, 2 W) by bilinear interpolation (``align_corners=False``) on
+    the sphere: one row and column of :func:`~baselines.layers.sphere_pad.pad_sphere` padding is
+    interpolated through and cropped, so longitude wraps instead of clamping at its ends."""
+    padded = pad_sphere(x, 1, 1)  # (B, C, H + 2, W + 2)
+    up = F.interpolate(padded, scale_factor=2, mode="bilinear", align_corners=False)
+    return up[..., 2:-2, 2:-2]  # (B, C, 2 H, 2 W): padded index 1 is output index 2
+
+
+class ResizeConvRecovery(nn.Module):
+    """Patch recovery without a 2-periodic artefact: :func:`upsample_sphere`, then a
+    sphere-padded 3 x 3 convolution, (B, e, H, W) -> (B, c, 2 H, 2 W)."""
+
+    def __init__(self, in_chans: int, out_chans: int) -> None:
+        super().__init__()
+        self.conv = SphereConv2d(in_chans, out_chans, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(upsample_sphere(x))
+
+
+def patch_recovery(in_chans: int, out_chans: int, recovery: str) -> nn.Module:
+    """The local decoder's last layer, (B, in_chans, H, W) -> (B, out_chans, 2 H, 2 W), by
+    name (:data:`RECOVERIES`)."""
+    if recovery == "resize_conv":
+        return ResizeConvRecovery(in_chans, out_chans)
+    if recovery == "transposed":
+        return nn.ConvTranspose2d(in_chans, out_chans, 2, stride=2)
+    raise ValueError(f"recovery must be one of {RECOVERIES}; got {recovery!r}.")
 
 
 class LocalEncoder(nn.Module):
@@ -90,6 +136,7 @@ class LocalDecoder(nn.Module):
         depths: Sequence[int],
         num_heads: Sequence[int],
         window: Sequence[int],
+        recovery: str = RECOVERIES[0],
     ) -> None:
         super().__init__()
         self.squeeze2 = nn.Linear(4 * enc_dim, 2 * enc_dim)
@@ -98,7 +145,7 @@ class LocalDecoder(nn.Module):
         self.squeeze1 = nn.Linear(2 * enc_dim, enc_dim)
         self.level1 = SwinStage(enc_dim, depths[0], num_heads[0], window)
         self.norm = nn.LayerNorm(enc_dim)
-        self.recover = nn.ConvTranspose2d(enc_dim, out_chans, 2, stride=2)
+        self.recover = patch_recovery(enc_dim, out_chans, recovery)
 
     def forward(self, x: torch.Tensor, skip1: torch.Tensor, skip2: torch.Tensor) -> torch.Tensor:
         x = self.level2(self.squeeze2(torch.cat([x, skip2], dim=-1)))  # (B, H/4, W/4, 2e)
@@ -126,6 +173,9 @@ class LGUnet(nn.Module):
         (latitude, longitude) window in tokens. Upstream: (4, 4) at 128 x 256.
     img_size
         (H, W) the position embeddings are built for.
+    recovery
+        The decoders' patch recovery, one of :data:`RECOVERIES` (module docstring). Upstream:
+        ``"transposed"``.
     """
 
     def __init__(
@@ -141,8 +191,11 @@ class LGUnet(nn.Module):
         global_heads: int,
         window_size: Sequence[int],
         img_size: Sequence[int],
+        recovery: str = RECOVERIES[0],
     ) -> None:
         super().__init__()
+        if recovery not in RECOVERIES:
+            raise ValueError(f"LGUnet recovery must be one of {RECOVERIES}; got {recovery!r}.")
         if len(in_groups) != len(out_groups) or len(depths) != 2 or len(num_heads) != 2:
             raise ValueError(
                 f"LGUnet needs as many input as output groups and two local levels; got "
@@ -163,7 +216,7 @@ class LGUnet(nn.Module):
         )
         self.from_global = nn.Linear(embed_dim, width)
         self.decoders = nn.ModuleList(
-            LocalDecoder(c, enc_dim, depths, num_heads, window) for c in out_groups
+            LocalDecoder(c, enc_dim, depths, num_heads, window, recovery) for c in out_groups
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -55,12 +55,14 @@ def variational_solve(
     history_size: int = 10,
     z0: torch.Tensor | None = None,
 ) -> VariationalSolution:
-    """Minimise ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x_b + D(z) sigma - y)^2 / R) / lambda``.
+    """Minimise ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x_b + d(z) sigma - y)^2 / R) / lambda``.
 
     Parameters
     ----------
     decode
-        ``z`` (1, *latent_shape) -> increment in error units (1, C, H, W); differentiable.
+        ``d``: ``z`` (1, *latent_shape) -> increment in error units (1, C, H, W);
+        differentiable. With ``d(0) = 0`` (VAE-Var's centred increment) the solve starts from
+        the background, ``x(0) = x_b``.
     background, observation, mask
         (1, C, H, W): ``x_b``, ``y`` (any value where unobserved) and 1 where observed.
     sigma_err, obs_variance

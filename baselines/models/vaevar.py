@@ -17,13 +17,22 @@ Method
     decoder are local-global Swin U-Nets (:class:`~baselines.layers.lgunet.LGUnet`) over the
     variable groups; the latent ``z`` has half of each group's channels at full resolution
     ([2, 6, 6, 6, 6, 6] = 32 at 69 channels, 2 for era5-sample's four surface channels). Loss:
-    ``sum (D(z) - eps)^2 / (2 sigma^2) + KL(q(z | eps) || N(0, I))`` with ``sigma`` =
-    ``recon_sigma`` (upstream 2.0).
+    ``sum (d(z) - eps)^2 / (2 sigma^2) + KL(q(z | eps) || N(0, I))`` with ``sigma`` =
+    ``recon_sigma`` (upstream 2.0) and ``d`` the decoded increment (below).
+
+    **Decoded increment** ``d(z)`` (``increment``): ``"centred"`` (dambench's default, every
+    shipped config and the README's tables) is ``D(z) - D(0)``, so ``d(0) = 0`` exactly and the
+    solve starts from the background, ``x(0) = x_b``; ``"raw"`` (upstream) is ``D(z)``, whose
+    ``x(0) = x_b + D(0) sigma_err`` differs from the background by whatever the decoder gives
+    at 0. The decoder's patch recovery (``recovery``, :mod:`baselines.layers.lgunet`) is
+    ``"resize_conv"`` by default (shipped configs) and ``"transposed"`` upstream, whose 2 x 2
+    tiles put grid-scale (2-periodic) noise into every increment (issue 17: SpecDiv 0.78 on
+    era5-sample came from it).
 
     **Analysis** (``analyse``, also ``forward``): for each sample, minimise over ``z``
 
     ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x(z) - y)^2 / R) / lambda``,
-    ``x(z) = x_b + D(z) sigma_err``,
+    ``x(z) = x_b + d(z) sigma_err``,
 
     from ``z = 0`` with L-BFGS (``lbfgs_history`` 10, ``lbfgs_max_iter`` 10, strong-Wolfe line
     search) stepped ``outer_steps`` times
@@ -57,7 +66,7 @@ Deliberate deviations
       0 (or an adapter's ``z0``) and L-BFGS is deterministic.
     - ``batch.modalities`` are ignored by VAE-Var itself. A multi-modal adapter
       (``multi_vaevar_*``) gives the solve's first guess ``z0`` (``J`` is unchanged), and
-      ``loss`` then adds ``mean(((x_b + D(z0) sigma_err - x*) / sigma_err)^2)`` (diagnostic
+      ``loss`` then adds ``mean(((x_b + d(z0) sigma_err - x*) / sigma_err)^2)`` (diagnostic
       ``adapter_first_guess``, decoder weights detached: it trains the adapter only).
 """
 
@@ -83,7 +92,7 @@ from baselines.layers.covariance import (
     observation_noise_of,
 )
 from baselines.layers.gaussian import check_batch
-from baselines.layers.lgunet import LGUnet
+from baselines.layers.lgunet import RECOVERIES, LGUnet
 from baselines.layers.variational import VariationalSolution, variational_solve
 from baselines.registry import register_variants
 from dambench import schema
@@ -95,6 +104,23 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OBS_ERROR_FLOOR = 1e-3
 """Smallest observation-error std in R (normalised units), so R stays positive."""
+INCREMENTS = ("centred", "raw")
+"""Decoded increments (module docstring): ``D(z) - D(0)`` (default) or upstream's ``D(z)``."""
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+
+def decoded_increment(decode, z: torch.Tensor, centred: bool) -> torch.Tensor:
+    """``decode(z) - decode(0)`` (``centred``; exactly 0 at ``z = 0``) or ``decode(z)``.
+
+    ``z`` is (B, L, H, W); ``decode(0)`` is evaluated on zeros of ``z``'s shape (a batch of
+    another size may take other kernels, whose rounding would leave ~1e-7 at ``z = 0``).
+    """
+    decoded = decode(z)  # (B, C, H, W)
+    if not centred:
+        return decoded
+    return decoded - decode(torch.zeros_like(z))
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -115,6 +141,12 @@ class VAEVar(BaselineModule):
         (4, 4)).
     recon_sigma
         ``sigma`` of the Gaussian reconstruction term (upstream training script: 2.0).
+    recovery
+        The decoder's patch recovery, ``"resize_conv"`` (default) or ``"transposed"``
+        (upstream); :mod:`baselines.layers.lgunet`.
+    increment
+        ``"centred"`` (default): the decoded increment is ``D(z) - D(0)``; ``"raw"``
+        (upstream): ``D(z)``.
     bg_lambda, outer_steps, lbfgs_max_iter, lbfgs_history
         The analysis solve (upstream: 400, 2, 10, 10).
     obs_error_floor
@@ -139,6 +171,8 @@ class VAEVar(BaselineModule):
         surface_chans: int = SURFACE_CHANS,
         upper_vars: int = UPPER_VARS,
         recon_sigma: float = 2.0,
+        recovery: str = "resize_conv",
+        increment: str = "centred",
         bg_lambda: float = 400.0,
         outer_steps: int = 2,
         lbfgs_max_iter: int = 10,
@@ -158,6 +192,17 @@ class VAEVar(BaselineModule):
                 f"Need outer_steps >= 0, lbfgs_max_iter >= 1, lbfgs_history >= 1; got "
                 f"{outer_steps=}, {lbfgs_max_iter=}, {lbfgs_history=}."
             )
+        if increment not in INCREMENTS:
+            raise DambenchInputError(
+                f"increment must be one of {INCREMENTS}; got {increment!r} ('centred': "
+                "D(z) - D(0), dambench's default; 'raw': D(z), upstream)."
+            )
+        if recovery not in RECOVERIES:
+            raise DambenchInputError(
+                f"recovery must be one of {RECOVERIES}; got {recovery!r} ('resize_conv', "
+                "dambench's default; 'transposed', upstream)."
+            )
+        self.increment_form, self.recovery = increment, recovery
         self.in_chans = in_chans
         self.layout = ChannelLayout(in_chans, surface_chans, upper_vars)
         groups = self.layout.groups
@@ -171,6 +216,7 @@ class VAEVar(BaselineModule):
             global_heads=global_heads,
             window_size=window_size,
             img_size=img_size,
+            recovery=recovery,
         )
         self.encoder = LGUnet(groups, [2 * n for n in self.latent_groups], **net)
         self.decoder = LGUnet(self.latent_groups, groups, **net)
@@ -286,7 +332,7 @@ class VAEVar(BaselineModule):
     def loss(self, batch: DABatch) -> LossAndDiagnostics:
         """The VAE loss on ``eps = (x* - x_b) / sigma_err``, per state element.
 
-        ``[sum (D(z) - eps)^2 / (2 sigma^2) + KL] / (B C H W)`` with ``z`` drawn by the
+        ``[sum (d(z) - eps)^2 / (2 sigma^2) + KL] / (B C H W)`` with ``z`` drawn by the
         reparameterisation trick; diagnostics ``recon_mse`` (error units), ``kl`` (per element).
         """
         check_batch(batch, self.in_chans, type(self).__name__)
@@ -297,7 +343,7 @@ class VAEVar(BaselineModule):
         stats = self.encoder(eps)  # (B, 2 L, H, W), per group [mu, logvar]
         mu, logvar = self._split_posterior(stats)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        recon = self.decoder(z).float()  # the sums in float32 under autocast
+        recon = self.increment(z).float()  # the sums in float32 under autocast
         mu, logvar, eps = mu.float(), logvar.float(), eps.float()
         elements = eps.numel()
         recon_term = ((recon - eps) ** 2).sum() / (2 * self.recon_sigma**2) / elements
@@ -314,13 +360,31 @@ class VAEVar(BaselineModule):
             diagnostics["adapter_first_guess"] = float(first_guess.detach())
         return LossAndDiagnostics(loss, diagnostics)
 
+    def increment(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoded increment ``d(z)`` (B, C, H, W) in error units of latents ``z`` (B, L, H,
+        W): ``D(z) - D(0)`` (``increment="centred"``, exactly 0 at ``z = 0``) or ``D(z)``."""
+        return decoded_increment(self.decoder, z, self.increment_form == "centred")
+
+    def _solve_increment(self, latent_shape: Sequence[int], like: torch.Tensor):
+        """``z -> d(z)`` for the solve: ``D(0)`` (constant in ``z``) decoded once, without a
+        graph, on a zero latent (1, *latent_shape) in ``like``'s dtype."""
+        if self.increment_form != "centred":
+            return self.decoder
+        with torch.no_grad():
+            offset = self.decoder(like.new_zeros((1, *latent_shape)))  # (1, C, H, W)
+        return lambda z: self.decoder(z) - offset
+
     def _first_guess_error(self, batch: DABatch, eps: torch.Tensor) -> torch.Tensor:
-        """``mean((D(z0) - eps)^2)`` in error units (= ``((x_b + D(z0) sigma - x*) / sigma)^2``)
+        """``mean((d(z0) - eps)^2)`` in error units (= ``((x_b + d(z0) sigma - x*) / sigma)^2``)
         with the adapter's first guess ``z0`` and the decoder's weights detached: it trains
         the adapter only."""
         z0 = self._first_guess(batch)  # (B, L, H, W)
         frozen = {name: p.detach() for name, p in self.decoder.named_parameters()}
-        decoded = torch.func.functional_call(self.decoder, frozen, (z0,)).float()
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self.decoder, frozen, (z,))
+
+        decoded = decoded_increment(decode, z0, self.increment_form == "centred").float()
         return ((decoded - eps.float()) ** 2).mean()
 
     def _first_guess(self, batch: DABatch) -> torch.Tensor:
@@ -376,7 +440,7 @@ class VAEVar(BaselineModule):
     def _solve_one(self, background, observation, mask, obs_variance, z0) -> VariationalSolution:
         latent_shape = (sum(self.latent_groups), *background.shape[-2:])
         return variational_solve(
-            self.decoder,
+            self._solve_increment(latent_shape, background),
             background,
             observation,
             mask,
@@ -391,7 +455,7 @@ class VAEVar(BaselineModule):
         )
 
     def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
-        """The VAE-Var analysis ``x_b + D(z*) sigma_err`` (B, C, H, W), in the background's dtype.
+        """The VAE-Var analysis ``x_b + d(z*) sigma_err`` (B, C, H, W), in the background's dtype.
 
         ``seed`` is unused (the solve is deterministic); ``members`` is refused.
         """
@@ -420,6 +484,8 @@ class VAEVar(BaselineModule):
             "sigma_err": self.sigma_err.tolist(),
             "obs_error_std": self.obs_error_std.tolist(),
             "latent_channels": sum(self.latent_groups),
+            "increment": self.increment_form,
+            "recovery": self.recovery,
         }
 
 

@@ -57,7 +57,8 @@ def test_vae_forward_backward(channels, grid, make_batch):
 
 def test_vae_loss_is_the_documented_formula(make_batch):
     # With the encoder's posterior fixed at mu = 0, log-variance -30 (no sampling noise to
-    # speak of), the loss is sum (D(0) - eps)^2 / (2 sigma^2) / n + KL / n, KL computed here.
+    # speak of), the loss is sum (d(0) - eps)^2 / (2 sigma^2) / n + KL / n, KL computed here,
+    # with the centred increment d(0) = D(0) - D(0) = 0.
     model = tiny(4, TINY_GRID, recon_sigma=0.7)
     model.set_error_statistics([0.5, 1.0, 2.0, 4.0], 0.1)
     batch = make_batch(4, TINY_GRID)
@@ -72,7 +73,8 @@ def test_vae_loss_is_the_documented_formula(make_batch):
         got = model.loss(batch).loss
         sigma = torch.tensor([0.5, 1.0, 2.0, 4.0]).view(1, 4, 1, 1)
         eps = (batch.target - batch.background) / sigma
-        recon = model.decoder(torch.zeros(1, 2, *TINY_GRID))
+        recon = model.increment(torch.zeros(1, 2, *TINY_GRID))
+        assert not recon.any()
         n = eps.numel()
         kl = -0.5 * (1 - 30.0 - np.exp(-30.0)) * 2 * TINY_GRID[0] * TINY_GRID[1]
         expected = ((recon - eps) ** 2).sum() / (2 * 0.7**2) / n + kl / n
@@ -81,11 +83,15 @@ def test_vae_loss_is_the_documented_formula(make_batch):
 
 def test_full_parameter_count_matches_upstream():
     # Measured with the upstream code at 128 x 256 (shared/reference/baselines.md section 5.3):
-    # 215.9 M for the encoder and 215.9 M for the decoder.
+    # 215.9 M for the encoder and 215.9 M for the decoder, with upstream's transposed-convolution
+    # recovery; the default resize + 3 x 3 convolution has 9 instead of 4 weights per
+    # (enc_dim, output channel) pair: 5 x 96 x (64 + 69) more (encoder: 2 x 32 outputs).
     with torch.device("meta"):
-        full = create_model("vaevar_full")
-        upstream_grid = create_model("vaevar_full", img_size=(128, 256))
+        full = create_model("vaevar_full", recovery="transposed")
+        upstream_grid = create_model("vaevar_full", img_size=(128, 256), recovery="transposed")
+        default = create_model("vaevar_full")
     assert count_parameters(full) == 430_470_853
+    assert count_parameters(default) == 430_470_853 + 5 * 96 * (64 + 69)
     assert abs(count_parameters(upstream_grid.encoder) - 215.9e6) < 0.05e6
     assert abs(count_parameters(upstream_grid.decoder) - 215.9e6) < 0.05e6
     assert full.latent_groups == [2, 6, 6, 6, 6, 6]  # 32 latent channels, as upstream
@@ -105,17 +111,70 @@ def test_lgunet_pads_and_crops_any_grid():
 # --- the analysis --------------------------------------------------------------------------------
 
 
-def test_no_observations_give_background_plus_decoded_zero(make_batch):
+def test_no_observations_give_the_background_exactly(make_batch):
+    """The centred increment d(z) = D(z) - D(0) is exactly 0 at z = 0, so a solve without
+    observations stays at z = 0 and returns x_b bit for bit (the old x_b + D(0) sigma did
+    not: issue 17)."""
     model = tiny(4, TINY_GRID)
     model.set_error_statistics([0.5, 1.0, 2.0, 3.0], 0.1)
     batch = make_batch(4, TINY_GRID, ratio=0.0)
     assert batch.mask.sum() == 0
     solution = model.solve(batch)[0]
+    assert torch.equal(solution.analysis, batch.background)
+    assert (solution.latent == 0).all()
+    with torch.no_grad():
+        zero = model.increment(torch.zeros(3, 2, *TINY_GRID))
+        assert torch.equal(zero, torch.zeros(3, 4, *TINY_GRID))
+        assert model.decoder(torch.zeros(1, 2, *TINY_GRID)).abs().max() > 0  # D(0) itself is not
+
+
+def test_the_upstream_raw_increment_stays_selectable(make_batch):
+    """``increment="raw"`` is upstream's x(0) = x_b + D(0) sigma_err."""
+    model = tiny(4, TINY_GRID, increment="raw", recovery="transposed")
+    model.set_error_statistics([0.5, 1.0, 2.0, 3.0], 0.1)
+    batch = make_batch(4, TINY_GRID, ratio=0.0)
+    solution = model.solve(batch)[0]
     with torch.no_grad():
         decoded = model.decoder(torch.zeros(1, 2, *TINY_GRID))
     sigma = torch.tensor([0.5, 1.0, 2.0, 3.0]).view(1, 4, 1, 1)
     torch.testing.assert_close(solution.analysis, batch.background + decoded * sigma)
-    assert (solution.latent == 0).all()
+    assert model.analysis_settings()["increment"] == "raw"
+
+
+def _nyquist_excess(increment: torch.Tensor) -> float:
+    """Power at the longitude Nyquist wavenumber over the mean power of the 4 wavenumbers below
+    it, from the zonal power spectrum averaged over samples, channels and rows."""
+    power = torch.fft.rfft(increment.double(), dim=-1).abs().square().mean(dim=(0, 1, 2))
+    return float(power[-1] / power[-5:-1].mean())
+
+
+@pytest.mark.parametrize("recovery", ["resize_conv", "transposed"])
+def test_an_untrained_increment_has_no_two_periodic_energy(recovery):
+    """Issue 17: the 2 x 2 stride-2 transposed-convolution recovery makes increments of 2 x 2
+    tiles, with hundreds of times more power at the longitude Nyquist than at its neighbours;
+    the default resize + 3 x 3 convolution has none in excess (ratio < 3)."""
+    torch.manual_seed(0)
+    model = create_model("vaevar_tiny", img_size=FULL_GRID, recovery=recovery).eval()
+    with torch.no_grad():
+        increment = model.increment(torch.randn(2, 2, *FULL_GRID))  # (2, 4, 121, 240)
+    ratio = _nyquist_excess(increment)
+    if recovery == "resize_conv":
+        assert ratio < 3, ratio
+    else:  # the detector sees upstream's artefact
+        assert ratio > 10, ratio
+
+
+def test_upsample_sphere_wraps_longitude_and_has_no_nyquist_response():
+    from baselines.layers.lgunet import upsample_sphere
+
+    x = torch.randn(1, 3, 8, 16, dtype=torch.float64)
+    up = upsample_sphere(x)
+    assert up.shape == (1, 3, 16, 32)
+    rolled = upsample_sphere(torch.roll(x, 1, dims=-1))
+    torch.testing.assert_close(rolled, torch.roll(up, 2, dims=-1))  # periodic in longitude
+    assert float(torch.fft.rfft(up, dim=-1)[..., -1].abs().max()) < 1e-9
+    constant = upsample_sphere(torch.ones(1, 1, 6, 10))
+    torch.testing.assert_close(constant, torch.ones(1, 1, 12, 20))
 
 
 def test_cost_never_increases_across_outer_steps(make_batch):
@@ -131,10 +190,14 @@ def test_cost_never_increases_across_outer_steps(make_batch):
 
 def test_dense_observations_with_small_r_are_approached(make_batch):
     # Every point observed without noise: as R shrinks, J's minimiser moves towards the
-    # observations. One channel, so the latent has as many values as the state.
+    # observations. One channel, so the latent has as many values as the state. The increment
+    # y - x_b is smooth (bilinear from a 3 x 4 grid): the resize + 3 x 3 recovery has no
+    # grid-scale (Nyquist) output to fit white noise with.
     grid = (9, 12)
     batch = make_batch(1, grid, ratio=1.0)
-    y = batch.target
+    torch.manual_seed(1)
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 1, 3, 4), size=grid, mode="bilinear")
+    y = batch.background + smooth
     dense = DABatch(batch.background, y, batch.mask, target=y)
     background_misfit = float(((batch.background - y) ** 2).mean().sqrt())
     misfits = []
@@ -276,7 +339,7 @@ def test_the_solve_starts_from_the_first_guess(make_batch, with_modalities):
 
 
 def test_the_first_guess_term_trains_the_adapter_only(make_batch, with_modalities):
-    """The loss adds mean((D(z0) - eps)^2) with the decoder's weights detached: the VAE's
+    """The loss adds mean((d(z0) - eps)^2) with the decoder's weights detached: the VAE's
     encoder and decoder get only their own terms' gradients, the adapter only this one."""
     from baselines.models.multi import adapter_of
 
@@ -285,7 +348,7 @@ def test_the_first_guess_term_trains_the_adapter_only(make_batch, with_modalitie
     eps = (batch.target - batch.background) / model.sigma_err.view(1, -1, 1, 1)
     term = model._first_guess_error(batch, eps)
     with torch.no_grad():
-        expected = (model.decoder(model._first_guess(batch)) - eps).square().mean()
+        expected = (model.increment(model._first_guess(batch)) - eps).square().mean()
     torch.testing.assert_close(term, expected)
     term.backward()
     assert all(p.grad is None for p in (*model.encoder.parameters(), *model.decoder.parameters()))
