@@ -228,12 +228,12 @@ class _FaultyHandler(BaseHTTPRequestHandler):
             self._write(body)
 
     def _write(self, body: bytes) -> None:
+        self.owner.count_sent(len(body))  # before the client can see it: counts never lag
         try:
             self.wfile.write(body)
-        except OSError:  # the client gave up (a timeout it saw): nothing more to send
+        except OSError:  # the client gave up (a timeout it saw): nothing was sent
+            self.owner.count_sent(-len(body))
             self.close_connection = True
-            return
-        self.owner.count_sent(len(body))
 
     def _reset(self) -> None:
         """Close the connection with a TCP reset and no answer."""
