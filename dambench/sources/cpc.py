@@ -260,6 +260,7 @@ def read_cpc_psl(
     path: PathLike,
     *,
     times: Sequence | pd.DatetimeIndex | None = None,
+    source: str | None = None,
 ) -> xr.Dataset:
     """Read NOAA PSL's CPC global daily precipitation netCDF ``precip.YYYY.nc``.
 
@@ -271,6 +272,9 @@ def read_cpc_psl(
     times
         Days to select exactly (default: all); missing days raise, naming them. Only these days
         are read from the file.
+    source
+        The name of the file in messages and in ``source_file`` (default: ``path``; e.g. the URL
+        of which ``path`` is a cached copy).
 
     Returns
     -------
@@ -290,7 +294,7 @@ def read_cpc_psl(
         No ``precip`` variable (the variables found are named), wrong units, non-monotonic
         coordinates, missing times, negative or implausible values.
     """
-    source = str(path)
+    source = source or str(path)
     with open_dataset_any(path) as ds:  # closed once the days asked are read
         if "precip" not in ds.data_vars:
             raise DambenchInputError(

@@ -21,13 +21,16 @@ Readers:
   whose file does not exist is missing (NaN in the build and reported).
 - :class:`OlrDays`: PSL's ``olr.day.mean.nc`` (one file for the whole record), opened lazily.
 
-Local paths and fsspec URLs (``https://``, ``http://``, ``gs://``) go through the same code:
-:func:`~dambench.sources.base.open_dataset_any` reads remote netCDF through fsspec, fetching only
-the byte ranges of the days asked.
+Local paths and fsspec URLs (``https://``, ``http://``, ``gs://``) go through the same code. A
+remote netCDF file is downloaded once into dambench's cache (:func:`~dambench.sources.base.
+local_copy`; one download at a time per process, so two threads never write one cache file) and
+read from there day by day: this needs no HTTP range requests (servers that lack them cannot serve
+netCDF lazily) and never reads a year twice over the network. Messages name the URL.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import fsspec
@@ -36,7 +39,13 @@ import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError
-from dambench.sources.base import PathLike, is_remote, open_dataset_any, time_lat_lon
+from dambench.sources.base import (
+    PathLike,
+    is_remote,
+    local_copy,
+    open_dataset_any,
+    time_lat_lon,
+)
 from dambench.sources.cpc import read_cpc_binary, read_cpc_psl
 from dambench.sources.cpc_grid import GAUGES, PRECIP, cpc_on_grid
 from dambench.sources.olr import OLR, olr_on_grid, read_olr
@@ -49,10 +58,23 @@ def _days(days) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(days).normalize().unique().sort_values()
 
 
+_DOWNLOADS = threading.Lock()
+
+
+def fetched(path: str) -> str:
+    """A local file for ``path``: the path itself, or the cached download of a URL (downloaded
+    once; concurrent callers wait for it)."""
+    if not is_remote(path):
+        return path
+    with _DOWNLOADS:
+        return str(local_copy(path))
+
+
 def file_days(path: PathLike, variable: str) -> pd.Series:
     """Day (midnight) -> the file's own time stamp, for every time of ``variable`` in ``path``.
 
-    Reads the metadata and the time coordinate only (the file is opened lazily).
+    Reads the metadata and the time coordinate only (the file is opened lazily; a URL is read
+    from its cached copy, see :func:`fetched`).
 
     Raises
     ------
@@ -61,7 +83,7 @@ def file_days(path: PathLike, variable: str) -> pd.Series:
         not decodable or not strictly increasing, or two stamps on one day.
     """
     source = str(path)
-    with open_dataset_any(path) as ds:
+    with open_dataset_any(fetched(source)) as ds:
         if variable not in ds.data_vars:
             raise DambenchInputError(
                 f"{source}: no {variable!r} variable; found variables "
@@ -114,13 +136,15 @@ class CpcPslYears:
 
     def read(self, days) -> xr.Dataset | None:
         """``precip`` on the canonical grid for the held days among ``days``; see the module."""
+        days = _days(days)
         pieces = []
-        for year in _years(_days(days)):
-            wanted = _days(days)[_days(days).year == year]
+        for year in _years(days):
+            wanted = days[days.year == year]
             stamps = self._stamps(year)
             held = stamps[stamps.index.isin(wanted)]
             if len(held):
-                pieces.append(read_cpc_psl(self.template.format(year=year), times=held.values))
+                url = self.template.format(year=year)
+                pieces.append(read_cpc_psl(fetched(url), times=held.values, source=url))
         return cpc_on_grid(xr.concat(pieces, dim=schema.TIME)) if pieces else None
 
 
@@ -185,7 +209,8 @@ class OlrDays:
         held = stamps[stamps.index.isin(_days(days))]
         if not len(held):
             return None
-        return olr_on_grid(read_olr(self.path, times=held.values)).to_dataset()
+        field = read_olr(fetched(self.path), times=held.values, source=self.path)
+        return olr_on_grid(field).to_dataset()
 
 
 DailyReader = CpcPslYears | CpcBinaryDays | OlrDays

@@ -59,6 +59,7 @@ def read_olr(
     path: PathLike,
     *,
     times: Sequence | pd.DatetimeIndex | None = None,
+    source: str | None = None,
 ) -> xr.DataArray:
     """Read NOAA PSL's interpolated daily OLR (``olr.day.mean.nc`` or a subset of it).
 
@@ -69,6 +70,9 @@ def read_olr(
     times
         Times to select exactly before loading (default: all); missing times raise, naming them.
         Only these times are read from the file, which is closed afterwards.
+    source
+        The name of the file in messages and in ``source_file`` (default: ``path``; e.g. the URL
+        of which ``path`` is a cached copy).
 
     Returns
     -------
@@ -82,7 +86,7 @@ def read_olr(
         that is not strictly monotonic, time not decodable, or values outside the variable's
         ``valid_range`` (the count is named; without ``valid_range``, negative values).
     """
-    source = str(path)
+    source = source or str(path)
     with open_dataset_any(path) as ds:  # closed once the times asked are read
         if OLR not in ds.data_vars:
             raise DambenchInputError(

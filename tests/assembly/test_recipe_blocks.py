@@ -184,9 +184,9 @@ def test_a_block_reads_only_its_days_and_equals_the_whole_record(standins, monke
     asked = []
     for name, reader in (("read_cpc_psl", daily.read_cpc_psl), ("read_olr", daily.read_olr)):
 
-        def spy(path, *, times=None, reader=reader, name=name):
+        def spy(path, *, times=None, source=None, reader=reader, name=name):
             asked.append((name, pd.DatetimeIndex(times).normalize().tolist()))
-            return reader(path, times=times)
+            return reader(path, times=times, source=source)
 
         monkeypatch.setattr(daily, name, spy)
     indices = np.array([1, 3])
@@ -289,3 +289,43 @@ def test_era5_times_the_cycles_need_are_checked_at_construction(standins):
     # the store starts 2020-06-29 00 UTC: the cycle of 2020-06-30 needs 06-28 18 UTC and 06-29
     with pytest.raises(DambenchInputError, match="lacks 1 times the cycles need"):
         make_recipe(config_for(standins, first="2020-06-30", last="2020-07-01"))
+
+
+@pytest.fixture
+def http_base(standins):
+    """The stand-ins served by a plain local HTTP server (no range requests, like some mirrors)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(standins))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+def test_every_input_is_read_over_http_and_blocks_equal_the_local_ones(standins, http_base):
+    local = make_recipe(config_for(standins))
+    remote = make_recipe(
+        config_for(
+            standins,
+            cpc=http_base + "/precip.{year}.nc",
+            olr=http_base + "/olr.nc",
+            era5=http_base + "/era5.zarr",
+            model=http_base + "/model.onnx",
+            mean=http_base + "/mean.npy",
+            std=http_base + "/std.npy",
+        )
+    )
+    assert remote.attrs["missing_modalities"] == local.attrs["missing_modalities"]
+    indices = np.array([0, 4])
+    expected = local.block(indices)
+    for name, values in remote.block(indices).items():
+        np.testing.assert_array_equal(values, expected[name], err_msg=name)
