@@ -1,5 +1,5 @@
-"""The ``dambench`` command line: ``quickstart``, ``evaluate``, ``build``, ``verify``, ``publish``,
-``info``.
+"""The ``dambench`` command line: ``quickstart``, ``evaluate``, ``leaderboard``, ``build``,
+``verify``, ``publish``, ``info``.
 
 Each subcommand is added by one ``add_*(subparsers)`` function (:data:`SUBCOMMANDS`), so another
 module adds its own with ``add_parser(subparsers)`` (pass ``parents=[common_options()]`` to
@@ -218,7 +218,22 @@ def add_evaluate(sub) -> None:
     add_parser(sub, parents=[common_options()])
 
 
-SUBCOMMANDS = [add_quickstart, add_evaluate, add_build, add_verify, add_publish, add_info]
+def add_leaderboard(sub) -> None:
+    """``dambench leaderboard``: results side by side (:mod:`dambench.scoring.leaderboard`)."""
+    from dambench.scoring.cli import add_leaderboard_parser
+
+    add_leaderboard_parser(sub, parents=[common_options()])
+
+
+SUBCOMMANDS = [
+    add_quickstart,
+    add_evaluate,
+    add_leaderboard,
+    add_build,
+    add_verify,
+    add_publish,
+    add_info,
+]
 """The functions adding each subcommand, in ``--help`` order."""
 
 

@@ -369,7 +369,11 @@ def zonal_energy_spectrum(
     spectrum = (power * circumference).assign_coords(
         zonal_wavenumber=k, wavelength=wavelength.assign_attrs(units="m")
     )
-    spectrum.attrs = {"long_name": "zonal energy spectrum", "earth_radius_m": earth_radius_m}
+    spectrum.attrs = {
+        "long_name": "zonal energy spectrum",
+        "earth_radius_m": earth_radius_m,
+        "n_longitude": n_lon,
+    }
     if "units" in field.coords and field["units"].ndim == 1:  # per-channel units
         per_channel = [_energy_units(str(u)) for u in field["units"].values]
         spectrum = spectrum.assign_coords(units=(field["units"].dims, per_channel))
@@ -458,12 +462,56 @@ def plot_spectra(
     first = next(iter(fields.values()))
     _check_same_times(fields)
     spectra = {
-        label: _band_mean(
-            zonal_energy_spectrum(field, earth_radius_m=earth_radius_m), latitude_band
-        )
+        label: band_spectrum(field, latitude_band=latitude_band, earth_radius_m=earth_radius_m)
         for label, field in fields.items()
     }
-    units = {label: spectrum.attrs["units"] for label, spectrum in spectra.items()}
+    return plot_spectrum_curves(
+        spectra,
+        path,
+        channel=_channel(first),
+        model=model,
+        when=_valid_time(first, valid_time),
+        title=title,
+        latitude_band=latitude_band,
+    )
+
+
+def band_spectrum(
+    field: xr.DataArray,
+    *,
+    latitude_band: tuple[float, float] = (-60.0, 60.0),
+    earth_radius_m: float = schema.EARTH_RADIUS_M,
+) -> xr.DataArray:
+    """:func:`zonal_energy_spectrum` of one complete channel averaged over the latitude rows
+    within ``latitude_band`` (inclusive) and every dim but ``zonal_wavenumber``; attrs carry the
+    ``units``. Averaging these per cycle over cycles equals the band mean over all cycles."""
+    field = _spectrum_input(field, str(field.name))
+    spectrum = zonal_energy_spectrum(field, earth_radius_m=earth_radius_m)
+    return _band_mean(spectrum, latitude_band)
+
+
+def plot_spectrum_curves(
+    spectra: Mapping[str, xr.DataArray],
+    path: str | Path | None = None,
+    *,
+    channel: str = "",
+    model: str | None = None,
+    when: str = "",
+    title: str = "",
+    latitude_band: tuple[float, float] = (-60.0, 60.0),
+):
+    """Log-log curves of band-mean zonal energy spectra (:func:`band_spectrum`, or their mean
+    over cycles) against the zonal wavenumber k from 1 to below an even grid's Nyquist bin.
+
+    Parameters
+    ----------
+    spectra
+        ``{label: spectrum over zonal_wavenumber}``, all in the same ``attrs["units"]``
+        (``attrs["n_longitude"]`` tells whether the last bin is an even grid's Nyquist bin).
+    channel, model, when
+        Shown in the axes title (``when``: e.g. ``"valid ... UTC"`` or ``"mean over 7 cycles"``).
+    """
+    units = {label: spectrum.attrs.get("units", "") for label, spectrum in spectra.items()}
     if len(set(units.values())) > 1:
         raise DambenchInputError(f"Spectra in different units cannot share axes: {units}.")
     from matplotlib.figure import Figure
@@ -471,14 +519,16 @@ def plot_spectra(
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     for label, spectrum in spectra.items():
-        shown = slice(1, -1) if fields[label].sizes[schema.LONGITUDE] % 2 == 0 else slice(1, None)
-        ax.loglog(spectrum["zonal_wavenumber"].values[shown], spectrum.values[shown], label=label)
+        k = spectrum["zonal_wavenumber"].values
+        even = int(spectrum.attrs.get("n_longitude", 2 * (k.size - 1))) % 2 == 0
+        shown = slice(1, -1) if even else slice(1, None)
+        ax.loglog(k[shown], spectrum.values[shown], label=label)
     ax.set_xlabel("zonal wavenumber k (cycles per latitude circle)")
     ax.set_ylabel(f"zonal energy S_k [{next(iter(units.values()))}]")
     ax.legend()
     south, north = latitude_band
-    name = f"{_channel(first)} zonal energy spectra, latitudes {south:g} to {north:g}"
-    ax.set_title(_title(name, model, _valid_time(first, valid_time)), fontsize=10)
+    name = f"{channel} zonal energy spectra, latitudes {south:g} to {north:g}"
+    ax.set_title(_title(name, model, when), fontsize=10)
     if title:
         fig.suptitle(title)
     return _finish(fig, path)

@@ -83,7 +83,7 @@ def run_quickstart(
     store = out / "predictions" / "blended.zarr"
     blended = _write_blended(ds, store)
     report = evaluate_predictions(
-        store, folder, split=split, out=out, name=BLENDED, figure_channel=channel
+        store, folder, split=split, out=out, overwrite=True, name=BLENDED, figure_channel=channel
     )
     print(
         "\nTable 3 layout (MSE/MAE on normalised fields x1e-2, RMSE in physical units; "

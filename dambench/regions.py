@@ -14,8 +14,10 @@ January and February of the same labels, whatever the year), for per-period scor
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -45,6 +47,9 @@ class Region:
         Apply the latitude bounds to ``|latitude|`` (both hemispheres at once).
     surface
         ``"land"`` or ``"sea"`` to keep only those points (needs a land-sea mask), or None.
+    land_sea_mask
+        The land fraction a ``land``/``sea`` region uses when :func:`region_weights` is given none
+        (:func:`with_land_sea_mask`); not part of the region's identity (equality, hash, repr).
     """
 
     name: str
@@ -56,6 +61,7 @@ class Region:
     lat_max_inclusive: bool = True
     abs_latitude: bool = False
     surface: Literal["land", "sea"] | None = None
+    land_sea_mask: xr.DataArray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         low = 0.0 if self.abs_latitude else -90.0
@@ -216,7 +222,8 @@ def region_weights(
         coords={**lat.coords, **lon.coords},
     )
     if region.surface is not None:
-        weights = weights * _surface_fraction(region, weights, land_sea_mask, land_threshold)
+        mask = land_sea_mask if land_sea_mask is not None else region.land_sea_mask
+        weights = weights * _surface_fraction(region, weights, mask, land_threshold)
     if base is not None:
         weights = weights * lat_weights(lat, method=base)
     if not float(weights.sum()) > 0:
@@ -251,7 +258,8 @@ def _surface_fraction(
     if land_sea_mask is None:
         raise DambenchInputError(
             f"Region {region.name!r} needs a land-sea mask: pass land_sea_mask= (land fraction "
-            "in [0, 1] over latitude and longitude, e.g. ERA5's 'lsm')."
+            "in [0, 1] over latitude and longitude, e.g. ERA5's 'lsm'), or --land-sea-mask PATH "
+            "on the command line."
         )
     values = np.asarray(land_sea_mask.values, dtype=np.float64)
     if np.any(~np.isfinite(values)) or np.any((values < 0) | (values > 1)):
@@ -267,6 +275,68 @@ def _surface_fraction(
     if land_threshold is not None:
         land = (land > land_threshold).astype(np.float64)
     return land if region.surface == "land" else 1.0 - land
+
+
+LAND_SEA_MASK_NAMES = (
+    "lsm",
+    "land_sea_mask",
+    "land_sea",
+    "landmask",
+    "land_mask",
+    "LANDMASK",
+    "land",
+)
+"""Variable names read as a land fraction by :func:`open_land_sea_mask`, in order of preference."""
+_LAT_LON_NAMES = {"lat": schema.LATITUDE, "lon": schema.LONGITUDE}
+
+
+def with_land_sea_mask(
+    regions: Sequence[Region], land_sea_mask: xr.DataArray | None
+) -> list[Region]:
+    """``regions`` with ``land_sea_mask`` attached to each ``land``/``sea`` region (others as
+    they are), so that any scorer computing their weights uses it."""
+    if land_sea_mask is None:
+        return list(regions)
+    return [replace(r, land_sea_mask=land_sea_mask) if r.surface else r for r in regions]
+
+
+def open_land_sea_mask(path: str | os.PathLike) -> xr.DataArray:
+    """The land fraction ``(latitude, longitude)`` in a netCDF file or Zarr store.
+
+    The variable is the first of :data:`LAND_SEA_MASK_NAMES` present (or the only data
+    variable); ``lat``/``lon`` are renamed to ``latitude``/``longitude`` and length-1 dims such
+    as ``time`` are dropped. Values must lie in [0, 1] (a fraction, or 0/1 flags).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DambenchInputError(
+            f"Land-sea mask {path} not found; give a netCDF file or a Zarr store."
+        )
+    zarr = path.is_dir() or path.suffix == ".zarr"
+    ds = xr.open_dataset(path, engine="zarr" if zarr else None)
+    names = [n for n in LAND_SEA_MASK_NAMES if n in ds.data_vars] or (
+        list(ds.data_vars) if len(ds.data_vars) == 1 else []
+    )
+    if not names:
+        raise DambenchInputError(
+            f"{path} holds no land-sea mask variable: expected one of "
+            f"{list(LAND_SEA_MASK_NAMES)}, found {sorted(map(str, ds.data_vars))}."
+        )
+    mask = ds[names[0]]
+    mask = mask.rename({k: v for k, v in _LAT_LON_NAMES.items() if k in mask.dims})
+    single = [d for d in mask.dims if mask.sizes[d] == 1 and d not in schema.SPATIAL_DIMS]
+    mask = mask.squeeze(single)
+    if set(mask.dims) != set(schema.SPATIAL_DIMS):
+        raise DambenchInputError(
+            f"{path}: {names[0]!r} must be over (latitude, longitude); found dims {mask.dims}."
+        )
+    values = np.asarray(mask.values, dtype=np.float64)
+    if np.any(~np.isfinite(values)) or np.any((values < 0) | (values > 1)):
+        raise DambenchInputError(
+            f"{path}: {names[0]!r} must be a land fraction in [0, 1] without NaN; found "
+            f"values in [{np.nanmin(values):.3g}, {np.nanmax(values):.3g}]."
+        )
+    return mask.astype(np.float64).load().rename("land_sea_mask").assign_attrs(source=str(path))
 
 
 PERIODS: dict[str, tuple[str, ...]] = {

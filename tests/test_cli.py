@@ -29,7 +29,11 @@ def test_quickstart_on_the_embedded_sample(tmp_path, capsys):
     png = tmp_path / "quickstart.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "table3.md").read_text().splitlines()
-    assert table[0].startswith("| Method | SpecDiv | MSE(1e-2) | MAE(1e-2) | RMSE t2m")
+    assert table[0].startswith("Dataset era5-sample, digest ")
+    assert ", split test, 7 cycles" in table[0]
+    assert table[1].startswith("Units: ") and "msl Pa" in table[1]
+    head = [line for line in table if line.startswith("| Method")]
+    assert head[0].startswith("| Method | SpecDiv | MSE(1e-2) | MAE(1e-2) | RMSE t2m")
     import pandas as pd
 
     scores = pd.read_parquet(tmp_path / "scores.parquet")

@@ -6,11 +6,14 @@ The one scoring path of the package: ``dambench evaluate`` calls it, and so do t
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,16 @@ import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError
-from dambench.regions import resolve_region
-from dambench.scoring.bootstrap import paired_difference
-from dambench.scoring.engine import CycleScores, Method, score_cycles
+from dambench.regions import open_land_sea_mask, resolve_region, with_land_sea_mask
+from dambench.scoring import report as tables
+from dambench.scoring.comparison import PER_CHANNEL_METRICS, compare, paired
+from dambench.scoring.engine import ALL_CHANNELS, CycleScores, Method, score_cycles
 from dambench.scoring.identity import DatasetIdentity, dataset_identity
+from dambench.scoring.outputs import ResultFolder
 from dambench.scoring.predictions import Predictions, check_against, open_predictions
 from dambench.scoring.report import ENSEMBLE_TABLE, TABLE3, aggregate, format_table
+
+__all__ = ["BACKGROUND", "ScoreReport", "compare", "evaluate_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +61,15 @@ class ScoreReport:
     scores
         The long, tidy score table (``scores.parquet``).
     summary
-        Provenance, conventions, Table 3 rows and paired comparisons (``summary.json``).
+        Provenance, conventions, Table 3 rows, per-cycle values and paired comparisons
+        (``summary.json``).
     table3, ensemble_table
         Markdown tables (the second only when ensembles were scored).
     cycles
         The per-cycle values behind every aggregate.
+    tables
+        Every Markdown file of the evaluation, headed by dataset, digest, split and units:
+        ``{"table3.md": ..., "channels.md": ..., "regions.md": ..., "observed.md": ...}``.
     """
 
     scores: pd.DataFrame
@@ -66,19 +77,28 @@ class ScoreReport:
     table3: str
     ensemble_table: str | None
     cycles: CycleScores
+    tables: dict[str, str] = field(default_factory=dict)
 
-    def write(self, out: str | os.PathLike) -> list[Path]:
-        """``scores.parquet``, ``summary.json``, ``table3.md`` (and ``ensemble.md``) in ``out``."""
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        written = [folder / "scores.parquet", folder / "summary.json", folder / "table3.md"]
-        self.scores.to_parquet(written[0], index=False)
-        written[1].write_text(json.dumps(self.summary, indent=2, default=_json_default) + "\n")
-        written[2].write_text(self.table3 + "\n")
-        if self.ensemble_table:
-            written.append(folder / "ensemble.md")
-            written[-1].write_text(self.ensemble_table + "\n")
+    def stage(self, folder: ResultFolder) -> list[Path]:
+        """Write ``scores.parquet``, ``summary.json`` and the Markdown tables into ``folder``'s
+        staging area (made visible by ``folder.commit()``)."""
+        buffer = io.BytesIO()
+        self.scores.to_parquet(buffer, index=False)
+        text = json.dumps(self.summary, indent=2, default=_json_default) + "\n"
+        written = [
+            folder.write("scores.parquet", buffer.getvalue()),
+            folder.write("summary.json", text.encode()),
+        ]
+        for name, table in self.tables.items():
+            written.append(folder.write(name, (table + "\n").encode()))
         return written
+
+    def write(self, out: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
+        """``scores.parquet``, ``summary.json`` and the Markdown tables in ``out``, replaced as a
+        whole (:class:`~dambench.scoring.outputs.ResultFolder`)."""
+        with ResultFolder(out, overwrite=overwrite) as folder:
+            self.stage(folder)
+            return folder.commit()
 
 
 def _json_default(value):
@@ -91,6 +111,32 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def _location_key(path) -> str:
+    """A prediction location made comparable: an absolute local path, or the URL as given."""
+    text = os.fspath(path)
+    if "://" in text:
+        return text.rstrip("/")
+    return str(Path(text).expanduser().resolve())
+
+
+def check_unique(paths: list, seeds) -> None:
+    """Refuse a prediction store given twice and repeated seed labels, before anything is read."""
+    keys = [_location_key(p) for p in paths]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise DambenchInputError(
+            f"The same prediction store is given more than once: {', '.join(repeated)}. Give "
+            "each seed's store once (one store per seed)."
+        )
+    labels = [int(s) for s in seeds] if seeds is not None else []
+    twice = sorted({s for s in labels if labels.count(s) > 1})
+    if twice:
+        raise DambenchInputError(
+            f"Seed labels must be unique; {twice} given more than once in {labels}. Give one "
+            "distinct label per prediction store (--seeds 0 1 ...)."
+        )
 
 
 def _open_all(paths: list, members_dim, variable, ds) -> list[Predictions]:
@@ -144,48 +190,35 @@ def _methods(opened, seeds, name, ds, channels, reference: bool) -> list[Method]
     return methods
 
 
+def _seed_mean(cycles: CycleScores, method: str, region: str, channel: str, metric: str):
+    series = [
+        np.asarray(v, dtype=np.float64)
+        for (m, _, r, c, k), v in cycles.values.items()
+        if (m, r, c, k) == (method, region, channel, metric)
+    ]
+    return np.mean(series, axis=0) if series else None
+
+
 def per_cycle_table3(cycles: CycleScores, method: str, region: str = "global") -> dict:
     """Seed-averaged per-cycle values of each Table 3 column of ``method`` (for paired tests)."""
     out = {}
     for title, channel, metric, scale in TABLE3:
-        series = [
-            np.asarray(v, dtype=np.float64)
-            for (m, _, r, c, k), v in cycles.values.items()
-            if (m, r, c, k) == (method, region, channel, metric)
-        ]
-        if series:
-            out[title] = (scale * np.mean(series, axis=0)).tolist()
+        series = _seed_mean(cycles, method, region, channel, metric)
+        if series is not None:
+            out[title] = (scale * series).tolist()
     return out
 
 
-def compare(a: dict, b: dict, column: str = "MSE(1e-2)", *, seed: int = 0) -> dict:
-    """Paired block-bootstrap interval of ``a - b`` on ``column`` for two ``summary.json``
-    results of the same dataset digest, split and cycles (refused otherwise)."""
-    from dambench.scoring.identity import check_same_data
-
-    check_same_data(a, b)
-    values_a = np.asarray(a["per_cycle"][a["model"]][column])
-    values_b = np.asarray(b["per_cycle"][b["model"]][column])
-    return _comparison(a["model"], b["model"], column, values_a, values_b, seed)
-
-
-def _comparison(name_a, name_b, column, values_a, values_b, seed: int = 0) -> dict:
-    interval = paired_difference(values_a, values_b, seed=seed)
-    if interval.low <= 0 <= interval.high:
-        verdict = "not distinguishable from"
-    else:
-        verdict = "lower than" if interval.value < 0 else "higher than"
-    return {
-        "a": name_a,
-        "b": name_b,
-        "column": column,
-        "difference": interval.value,
-        "ci_low": interval.low,
-        "ci_high": interval.high,
-        "block_length": interval.block_length,
-        "n": interval.n,
-        "verdict": f"{name_a} is {verdict} {name_b} on {column}",
-    }
+def per_cycle_channels(cycles: CycleScores, method: str) -> dict:
+    """Seed-averaged per-cycle values of :data:`PER_CHANNEL_METRICS` of ``method``, per region
+    and channel: ``{region: {metric: {channel: [...]}}}`` (comparisons on common channels)."""
+    out: dict = {}
+    keys = {(r, c, k) for (m, _, r, c, k) in cycles.values if m == method and c != ALL_CHANNELS}
+    for region, channel, metric in sorted(keys):
+        if metric in PER_CHANNEL_METRICS:
+            series = _seed_mean(cycles, method, region, channel, metric)
+            out.setdefault(region, {}).setdefault(metric, {})[channel] = series.tolist()
+    return out
 
 
 def _table_summary(frame: pd.DataFrame, model: str, layout) -> dict:
@@ -218,7 +251,7 @@ def _summary(frame, cycles, *, name, seeds, opened, identity: DatasetIdentity, s
     comparisons = []
     if BACKGROUND in names and "MSE(1e-2)" in per_cycle[name]:
         a, b = per_cycle[name]["MSE(1e-2)"], per_cycle[BACKGROUND]["MSE(1e-2)"]
-        comparisons.append(_comparison(name, BACKGROUND, "MSE(1e-2)", a, b))
+        comparisons.append(paired(name, BACKGROUND, "MSE(1e-2)", a, b))
     return {
         "model": name,
         "seeds": seeds,
@@ -237,7 +270,90 @@ def _summary(frame, cycles, *, name, seeds, opened, identity: DatasetIdentity, s
         "ensemble": ensemble,
         "comparisons": comparisons,
         "per_cycle": per_cycle,
+        "per_cycle_channels": {m: per_cycle_channels(cycles, m) for m in names},
     }
+
+
+def _markdown_files(frame, summary, channel_units, regions, ensemble: str | None) -> dict:
+    """Every Markdown file of an evaluation, each headed by :func:`~report.table_header`."""
+    meta = {**summary, "dataset": summary["dataset"]["name"]}
+    meta["digest_kind"] = summary["dataset"]["digest_kind"]
+    units = tables.channel_units_text(channel_units)
+    channels = summary["channels"]
+    normalised = f"normalised with the train-split mean/std, averaged over {', '.join(channels)}"
+    files = {
+        "table3.md": (
+            f"SpecDiv (1), MSE(1e-2) and MAE(1e-2) on fields {normalised}; RMSE per channel in "
+            f"physical units ({units}).",
+            format_table(frame, TABLE3),
+        ),
+        "channels.md": (
+            f"RMSE, MAE and Bias in each row's Units ({units}); SpecDiv, SpecRes and the "
+            "normalised MSE (x100) dimensionless.",
+            tables.format_channel_table(frame, channels),
+        ),
+        "regions.md": (
+            f"RMSE in physical units ({units}); regions: "
+            + "; ".join(f"{r.name} = {r.describe()}" for r in regions)
+            + ".",
+            tables.format_region_table(frame, channels, [r.name for r in regions]),
+        ),
+    }
+    if ensemble:
+        files["ensemble.md"] = (
+            f"CRPS(1e-2) on fields {normalised}; spread/skill (1); CRPS per channel in "
+            f"physical units ({units}).",
+            ensemble,
+        )
+    if (frame["metric"] == "oma_rms").any():
+        files["observed.md"] = (
+            f"physical units ({units}). Observed points: where the split's observation is "
+            "finite; RMSE cos-latitude weighted over the observed (unobserved) points; O-A mean "
+            "and RMS over the observed points, each observation once (the Background row's "
+            "O-A is O-B).",
+            tables.format_channel_table(frame, channels, layout=tables.OBSERVED_TABLE),
+        )
+    return {
+        name: tables.table_header(meta, about) + "\n" + table
+        for name, (about, table) in files.items()
+    }
+
+
+def _regions(regions: Sequence, land_sea_mask) -> list:
+    """Resolved regions with the land-sea mask (a DataArray or a path) attached to land/sea."""
+    resolved = [resolve_region(r) for r in regions]
+    if land_sea_mask is not None and not isinstance(land_sea_mask, xr.DataArray):
+        land_sea_mask = open_land_sea_mask(land_sea_mask)
+    surface = [r.name for r in resolved if r.surface and r.land_sea_mask is None]
+    if surface and land_sea_mask is None:
+        raise DambenchInputError(
+            f"Regions {surface} need a land-sea mask: pass --land-sea-mask PATH (a netCDF file "
+            "or Zarr store with an 'lsm' land fraction on the grid; land_sea_mask= in Python)."
+        )
+    return with_land_sea_mask(resolved, land_sea_mask)
+
+
+def _score(ds, methods, channels, stats, region_list, *, skipna, by, n_resamples, meta, verbose):
+    """The tidy frame and per-cycle values: the engine's scores, then the observation-space
+    statistics (aggregated with undefined cycles left out of ``n``)."""
+    from dambench.scoring.obsspace import score_observation_space
+
+    cycles = score_cycles(
+        ds,
+        methods,
+        channels=channels,
+        stats=stats,
+        regions=region_list,
+        skipna=skipna,
+        verbose=verbose,
+    )
+    units = dict(zip(channels, (schema.channel_units(c) for c in channels), strict=True))
+    settings = {"meta": meta, "channel_units": units, "by": by, "n_resamples": n_resamples}
+    frame = aggregate(cycles, skipna=skipna, **settings)
+    if "observation" in ds:
+        observed = score_observation_space(ds, methods, channels=channels, skipna=skipna)
+        frame = pd.concat([frame, aggregate(observed, skipna=True, **settings)], ignore_index=True)
+    return frame, cycles, units
 
 
 def evaluate_predictions(
@@ -247,11 +363,13 @@ def evaluate_predictions(
     split: str = "test",
     revision: str | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     name: str | None = None,
     seeds: Sequence[int] | None = None,
     members_dim: str | None = None,
     variable: str | None = None,
     regions: Sequence[str] = ("global",),
+    land_sea_mask: xr.DataArray | str | os.PathLike | None = None,
     by: str | None = None,
     skipna: bool = False,
     reference: bool = True,
@@ -266,7 +384,8 @@ def evaluate_predictions(
     predictions
         One path or URL per seed (Zarr or netCDF; stacked or per-variable layout, any latitude
         order and longitude convention, any channel subset; see
-        :mod:`dambench.scoring.predictions`). Their times must be exactly the split's cycles.
+        :mod:`dambench.scoring.predictions`). Their times must be exactly the split's cycles;
+        each store once.
     dataset
         ``"era5-sample"``, a published name, a build folder or a URL (as ``open_dataset``).
     split
@@ -274,16 +393,23 @@ def evaluate_predictions(
     revision
         A Hub branch, tag or commit of a published dataset (``"v1.0"``).
     out
-        Folder for ``scores.parquet``, ``summary.json``, ``table3.md`` (``ensemble.md``) and
-        figures; nothing is written when ``None``.
+        Folder for ``scores.parquet``, ``summary.json``, ``table3.md``, ``channels.md``,
+        ``regions.md``, ``observed.md`` (``ensemble.md``) and figures, written as a whole under
+        a lock (:mod:`dambench.scoring.outputs`); nothing is written when ``None``.
+    overwrite
+        Replace earlier results in ``out`` (refused otherwise).
     name, seeds
-        Row name (default: the store's ``model`` attribute or the file name) and seed labels.
+        Row name (default: the store's ``model`` attribute or the file name) and seed labels
+        (unique).
     members_dim
         The ensemble member dim (found automatically when named member/ensemble/number/
         realization): the ensemble mean is scored in Table 3, fair CRPS and spread/skill in the
         ensemble table.
     regions
         Region names or ``"box:lat_min,lat_max,lon_min,lon_max"`` (:mod:`dambench.regions`).
+    land_sea_mask
+        Land fraction on the grid (a DataArray, or a netCDF/Zarr path read by
+        :func:`dambench.regions.open_land_sea_mask`), needed by the ``land``/``sea`` regions.
     by
         ``"month"`` or ``"season"``: per-period rows besides ``"all"``.
     skipna
@@ -299,53 +425,62 @@ def evaluate_predictions(
     -------
     ScoreReport
     """
-    from dambench.load import open_dataset, stats_from_attrs
+    paths = _as_list(predictions)
+    check_unique(paths, seeds)
+    region_list = _regions(regions, land_sea_mask)
+    folder = ResultFolder(out, overwrite=overwrite) if out is not None else nullcontext()
+    with folder:
+        from dambench.load import open_dataset
 
-    ds = open_dataset(dataset, split=split, revision=revision)
-    identity = dataset_identity(dataset, revision)
-    stats = stats_from_attrs(ds)
-    opened = _open_all(_as_list(predictions), members_dim, variable, ds)
+        ds = open_dataset(dataset, split=split, revision=revision)
+        opened = _open_all(paths, members_dim, variable, ds)
+        identity = dataset_identity(dataset, revision)
+        settings = {"name": name, "seeds": seeds, "skipna": skipna, "by": by}
+        settings.update(reference=reference, n_resamples=n_resamples, verbose=verbose)
+        report = _evaluate(ds, opened, identity, split, region_list, **settings)
+        if out is not None:
+            report.stage(folder)
+            if figure_channel:
+                from dambench.scoring.figures import stage_figures
+
+                stage_figures(folder, ds, opened[0], figure_channel, report)
+            folder.commit()
+    return report
+
+
+def _evaluate(
+    ds, opened, identity, split, region_list, *, name, seeds, skipna, by, reference, n_resamples,
+    verbose,
+) -> ScoreReport:  # fmt: skip
+    """Score ``opened`` on ``ds`` and assemble the report (nothing written)."""
+    from dambench.load import stats_from_attrs
+
     seed_labels = _seed_labels(opened, seeds)
     name = name or _default_name(opened[0])
     channels = list(opened[0].channels)
-    region_list = [resolve_region(r) for r in regions]
     methods = _methods(opened, seed_labels, name, ds, channels, reference)
-    cycles = score_cycles(
-        ds,
-        methods,
-        channels=channels,
-        stats=stats,
-        regions=region_list,
-        skipna=skipna,
-        verbose=verbose,
-    )
-    units = dict(zip(channels, (schema.channel_units(c) for c in channels), strict=True))
     meta = {"dataset": identity.name, "dataset_digest": identity.digest, "split": split}
-    frame = aggregate(
-        cycles, meta=meta, channel_units=units, by=by, n_resamples=n_resamples, skipna=skipna
-    )
+    frame, cycles, units = _score(
+        ds, methods, channels, stats_from_attrs(ds), region_list, skipna=skipna, by=by,
+        n_resamples=n_resamples, meta=meta, verbose=verbose,
+    )  # fmt: skip
     options = {
         "regions": [r.name for r in region_list],
+        "land_sea_mask": _mask_source(region_list),
         "by": by,
         "skipna": skipna,
         "channel_means_over": channels,
+        "run": uuid.uuid4().hex[:12],
     }
     summary = _summary(
-        frame,
-        cycles,
-        name=name,
-        seeds=seed_labels,
-        opened=opened,
-        identity=identity,
-        split=split,
-        options=options,
-    )
+        frame, cycles, name=name, seeds=seed_labels, opened=opened, identity=identity,
+        split=split, options=options,
+    )  # fmt: skip
     ensemble = format_table(frame, ENSEMBLE_TABLE) if any(cycles.members.values()) else None
-    report = ScoreReport(frame, summary, format_table(frame, TABLE3), ensemble, cycles)
-    if out is not None:
-        report.write(out)
-        if figure_channel:
-            from dambench.scoring.figures import save_figures
+    files = _markdown_files(frame, summary, units, region_list, ensemble)
+    return ScoreReport(frame, summary, format_table(frame, TABLE3), ensemble, cycles, files)
 
-            save_figures(Path(out), ds, opened[0], name, figure_channel, report)
-    return report
+
+def _mask_source(region_list) -> str | None:
+    masks = [r.land_sea_mask for r in region_list if r.land_sea_mask is not None]
+    return str(masks[0].attrs.get("source", "given as an array")) if masks else None

@@ -39,9 +39,19 @@ def add_parser(subparsers, parents=()) -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="test", choices=list(schema.SPLITS))
     parser.add_argument("--revision", help="Hub branch, tag or commit of a published dataset")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder, written as a whole (one evaluation at a time; earlier results are "
+        "refused unless --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace earlier results in --out as a whole"
+    )
     parser.add_argument("--name", help="row name (default: the store's 'model' attr or file name)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="seed label of each prediction")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="seed label of each prediction (unique)"
+    )
     parser.add_argument(
         "--members-dim",
         help="ensemble member dim (found when named member, ensemble, number or realization)",
@@ -52,7 +62,14 @@ def add_parser(subparsers, parents=()) -> argparse.ArgumentParser:
         nargs="+",
         default=["global"],
         help="regions: global, tropics, extratropics_north, extratropics_south, "
-        "arctic, antarctic or box:lat_min,lat_max,lon_min,lon_max",
+        "arctic, antarctic, land, sea (with --land-sea-mask) or "
+        "box:lat_min,lat_max,lon_min,lon_max",
+    )
+    parser.add_argument(
+        "--land-sea-mask",
+        metavar="PATH",
+        help="netCDF file or Zarr store with a land fraction ('lsm', 'land_sea_mask', ...) on "
+        "the grid, for the land and sea regions",
     )
     parser.add_argument("--by", choices=["month", "season"], help="also score per period")
     parser.add_argument(
@@ -82,11 +99,13 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         revision=args.revision,
         out=args.out,
+        overwrite=args.overwrite,
         name=args.name,
         seeds=args.seeds,
         members_dim=args.members_dim,
         variable=args.variable,
         regions=args.region,
+        land_sea_mask=args.land_sea_mask,
         by=args.by,
         skipna=args.skipna,
         reference=not args.no_background,
@@ -109,5 +128,53 @@ def run(args: argparse.Namespace) -> int:
             f"\n{comparison['verdict']} (difference {comparison['difference']:.4g}, paired 95 % "
             f"interval [{comparison['ci_low']:.4g}, {comparison['ci_high']:.4g}])"
         )
-    print(f"\nWrote {args.out}/table3.md, scores.parquet, summary.json and figures.")
+    written = ", ".join(sorted(report.tables))
+    print(f"\nWrote {args.out}: {written}, scores.parquet, summary.json and figures.")
+    return 0
+
+
+LEADERBOARD_DESCRIPTION = (
+    "Put several evaluations (folders written by dambench evaluate --out) side by side against "
+    "a reference method: a Markdown leaderboard with 95 % block-bootstrap intervals and the "
+    "paired interval against the reference, and a WeatherBench2-style scorecard (RMSE relative "
+    "to the reference per channel and region). Results must share the dataset digest, split and "
+    "cycles; the comparison is made on the channels and regions all of them scored, with a note."
+)
+
+
+def add_leaderboard_parser(subparsers, parents=()) -> argparse.ArgumentParser:
+    """Register ``leaderboard`` on the ``dambench`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "leaderboard",
+        parents=list(parents),
+        help="compare evaluation results against a reference (leaderboard and scorecard)",
+        description=LEADERBOARD_DESCRIPTION,
+    )
+    parser.add_argument("results", nargs="+", metavar="RESULT_DIR", help="evaluation folders")
+    parser.add_argument(
+        "--reference",
+        default="background",
+        help="reference method: a result's model name or a row they scored (default background)",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier leaderboard")
+    parser.add_argument(
+        "--column", default="MSE(1e-2)", help="Table 3 column of the paired comparison"
+    )
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.set_defaults(func=run_leaderboard)
+    return parser
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    """Run ``dambench leaderboard``: print the table and notes, write the folder."""
+    from dambench.scoring.leaderboard import leaderboard, load_result, write_leaderboard
+
+    results = [load_result(folder) for folder in args.results]
+    board = leaderboard(
+        results, reference=args.reference, column=args.column, n_resamples=args.bootstrap
+    )
+    print(board.markdown)
+    written = write_leaderboard(board, args.out, overwrite=args.overwrite)
+    print(f"\nWrote {', '.join(str(p) for p in written)}.")
     return 0

@@ -1,72 +1,119 @@
-"""Figures of an evaluation: maps of the last cycle, energy spectra, per-cycle MSE."""
+"""Figures of an evaluation: maps of the last cycle (with the analysis increment and the
+observation locations), energy spectra averaged over every cycle, and the per-cycle MSE.
+
+Spectra are accumulated cycle by cycle (one cycle's field in memory at a time): the band-mean
+spectrum of each cycle, averaged over the cycles. Each figure goes into the evaluation's staging
+folder (:class:`~dambench.scoring.outputs.ResultFolder`) with the run id in its PNG metadata.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from dambench import schema
+from dambench.scoring.outputs import ResultFolder, figure_bytes
 
 
-def save_figures(
-    out: Path, ds: xr.Dataset, predictions, name: str, channel: str, report
-) -> list[Path]:
-    """Maps of ``channel`` at the last cycle (target, background, analysis and their errors on one
-    symmetric scale), energy spectra of the three, and the per-cycle MSE of every method."""
+def _analysis(predictions, time, channel: str) -> xr.DataArray:
+    field = predictions.cycle(time)
+    if "member" in field.dims:
+        field = field.mean("member")
+    return field.sel({schema.CHANNEL: channel})
+
+
+def _dataset_field(ds: xr.Dataset, variable: str, time, channel: str) -> xr.DataArray:
+    return ds[variable].sel({schema.TIME: time, schema.CHANNEL: channel}).load()
+
+
+def stage_figures(folder: ResultFolder, ds: xr.Dataset, predictions, channel: str, report):
+    """Stage ``maps.png``, ``spectra.png`` and ``per_cycle_mse.png`` of ``channel`` (the first
+    predicted channel when ``channel`` was not predicted) into ``folder``."""
     if channel not in predictions.channels:
         channel = predictions.channels[0]
-    time = ds[schema.TIME].values[-1]
-    analysis = predictions.cycle(time)
-    if "member" in analysis.dims:
-        analysis = analysis.mean("member")
-    analysis = analysis.sel({schema.CHANNEL: channel})
-    target = ds["target"].sel({schema.TIME: time, schema.CHANNEL: channel}).load()
-    background = ds["background"].sel({schema.TIME: time, schema.CHANNEL: channel}).load()
-    analysis = analysis.assign_coords(target.coords)
-    return [
-        _maps(out / "maps.png", name, channel, time, target, background, analysis),
-        _spectra(out / "spectra.png", name, channel, time, target, background, analysis),
-        _per_cycle(out / "per_cycle_mse.png", report),
-    ]
+    name, run = report.summary["model"], report.summary["run"]
+    figures = {
+        "maps.png": maps_figure(ds, predictions, name, channel),
+        "spectra.png": spectra_figure(ds, predictions, name, channel),
+        "per_cycle_mse.png": per_cycle_figure(report),
+    }
+    return [folder.write(file, figure_bytes(fig, run)) for file, fig in figures.items()]
 
 
-def _maps(path, name, channel, time, target, background, analysis) -> Path:
+def maps_figure(ds: xr.Dataset, predictions, name: str, channel: str):
+    """Maps at the last cycle: target, background, analysis, the observations (their locations),
+    the errors of background and analysis and the analysis increment (analysis - background),
+    the last three on one symmetric scale."""
     from dambench.plot import plot_maps
 
-    plot_maps(
-        {
-            "target": target,
-            "background": background,
-            name: analysis,
-            "background - target": background - target,
-            f"{name} - target": analysis - target,
-        },
-        path,
+    time = ds[schema.TIME].values[-1]
+    target = _dataset_field(ds, "target", time, channel)
+    background = _dataset_field(ds, "background", time, channel)
+    analysis = _analysis(predictions, time, channel).assign_coords(target.coords)
+    panels = {
+        "target": target,
+        "background": background,
+        name: analysis,
+        "background - target": background - target,
+        f"{name} - target": analysis - target,
+        f"increment: {name} - background": analysis - background,
+    }
+    if "observation" in ds:
+        observed = _dataset_field(ds, "observation", time, channel)
+        panels[f"observations ({int(observed.notnull().sum())} points)"] = observed
+    return plot_maps(
+        panels,
         model=name,
         valid_time=time,
-        title=f"{channel}: {name} against the target and the background",
-        diverging=("background - target", f"{name} - target"),
+        title=f"{channel}: {name} against the target, the background and the observations",
+        diverging=tuple(list(panels)[3:6]),
     )
-    return path
 
 
-def _spectra(path, name, channel, time, target, background, analysis) -> Path:
-    from dambench.plot import plot_spectra
+def mean_spectra(ds: xr.Dataset, predictions, name: str, channel: str) -> dict[str, xr.DataArray]:
+    """Band-mean zonal energy spectra of target, background and analysis, averaged over every
+    cycle of the split, read one cycle at a time."""
+    from dambench.plot import band_spectrum
 
-    plot_spectra(
-        {"target": target, "background": background, name: analysis},
-        path,
+    totals: dict[str, xr.DataArray] = {}
+    attrs: dict[str, dict] = {}
+    times = ds[schema.TIME].values
+    for time in times:
+        fields = {
+            "target": _dataset_field(ds, "target", time, channel),
+            "background": _dataset_field(ds, "background", time, channel),
+        }
+        fields[name] = _analysis(predictions, time, channel).assign_coords(
+            fields["target"].coords
+        )
+        for label, field in fields.items():
+            spectrum = band_spectrum(field.rename(label))
+            attrs.setdefault(label, dict(spectrum.attrs))
+            totals[label] = spectrum if label not in totals else totals[label] + spectrum
+    return {
+        label: (total / len(times)).assign_attrs(attrs[label]) for label, total in totals.items()
+    }
+
+
+def spectra_figure(ds: xr.Dataset, predictions, name: str, channel: str):
+    """Zonal energy spectra of target, background and analysis averaged over the split's
+    cycles."""
+    from dambench.plot import plot_spectrum_curves
+
+    spectra = mean_spectra(ds, predictions, name, channel)
+    times = ds[schema.TIME].values
+    first, last = (pd.Timestamp(t).strftime("%Y-%m-%d") for t in (times[0], times[-1]))
+    return plot_spectrum_curves(
+        spectra,
+        channel=channel,
         model=name,
-        valid_time=time,
-        title=f"{channel} zonal energy spectra",
+        when=f"mean over {len(times)} cycles {first} .. {last}",
     )
-    return path
 
 
-def _per_cycle(path: Path, report) -> Path:
+def per_cycle_figure(report):
+    """The per-cycle MSE(1e-2) of every method scored."""
     import matplotlib.figure
 
     fig = matplotlib.figure.Figure(figsize=(7, 3.5))
@@ -82,5 +129,4 @@ def _per_cycle(path: Path, report) -> Path:
     ax.legend()
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return fig

@@ -63,10 +63,15 @@ ENSEMBLE_TABLE = [
 physical units) and the spread/skill ratio."""
 
 
+FIELD_UNIT_STATISTICS = frozenset({"rmse_observed", "rmse_unobserved", "oma_mean", "oma_rms"})
+"""Observation-space statistics (:mod:`dambench.scoring.obsspace`), in the field's units."""
+
+
 def _units(channel: str, metric: str, channel_units: dict[str, str]) -> str:
     if metric in SPREAD_SKILL or channel == ALL_CHANNELS:
         return "1"
-    return metric_units(metric, channel_units.get(channel, "1"))
+    rule = "rmse" if metric in FIELD_UNIT_STATISTICS else metric
+    return metric_units(rule, channel_units.get(channel, "1"))
 
 
 def _period_groups(times: pd.DatetimeIndex, by: str | None) -> dict[str, np.ndarray]:
@@ -225,3 +230,85 @@ def format_table(
         if any(cells[c] is not None for c in columns):
             lines.append(f"| {model} | " + " | ".join(cells[c] or "-" for c in columns) + " |")
     return "\n".join(lines)
+
+
+CHANNEL_TABLE = [
+    ("RMSE", "rmse", 1.0),
+    ("MAE", "mae", 1.0),
+    ("Bias", "bias", 1.0),
+    ("SpecDiv", "spec_div", 1.0),
+    ("SpecRes", "spec_res", 1.0),
+    ("MSE(1e-2) normalised", "mse_norm", 100.0),
+]
+"""The per-channel table: (column title, metric, scale); physical units per row."""
+OBSERVED_TABLE = [
+    ("RMSE observed", "rmse_observed", 1.0),
+    ("RMSE unobserved", "rmse_unobserved", 1.0),
+    ("O-A mean", "oma_mean", 1.0),
+    ("O-A RMS", "oma_rms", 1.0),
+]
+"""Scores at observed and unobserved points and O-A statistics (O-B in the Background row)."""
+
+
+def table_header(meta: dict, units: str) -> str:
+    """The lines heading every Markdown table of an evaluation: dataset, digest, split, cycles,
+    channels and the units of the values (``units``)."""
+    digest = str(meta.get("dataset_digest", ""))
+    kind = meta.get("digest_kind")
+    times = meta.get("times") or []
+    span = f", {len(times)} cycles {times[0][:16]} .. {times[-1][:16]}" if times else ""
+    lines = [
+        f"Dataset {meta.get('dataset')}, digest {digest[:16]}"
+        + (f" ({kind})" if kind else "")
+        + f", split {meta.get('split')}{span}; channels {', '.join(meta.get('channels', []))}.",
+        f"Units: {units}",
+    ]
+    if meta.get("run"):
+        lines.append(f"Evaluation run {meta['run']}; mean [95 % block-bootstrap interval].")
+    return "\n".join(lines) + "\n"
+
+
+def channel_units_text(channel_units: dict[str, str]) -> str:
+    """``u10 m s-1, t2m K, ...``."""
+    return ", ".join(f"{c} {u or '?'}" for c, u in channel_units.items())
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def format_channel_table(
+    frame: pd.DataFrame, channels: Sequence[str], *, layout=CHANNEL_TABLE, region="global"
+) -> str:
+    """Markdown table, one row per (model, channel): ``layout`` columns (default
+    :data:`CHANNEL_TABLE`), the units of the row's RMSE/MAE/Bias in a ``Units`` column."""
+    models = list(dict.fromkeys(frame["model"]))
+    rows = []
+    for model in models:
+        chosen = _row_for(frame, model, region, "all")
+        for channel in channels:
+            cells = [_cell(chosen, channel, metric, scale) for _, metric, scale in layout]
+            if all(c is None for c in cells):
+                continue
+            units = chosen[(chosen["channel"] == channel) & (chosen["metric"] == layout[0][1])]
+            unit = units["units"].iloc[0] if not units.empty else ""
+            rows.append([model, channel, unit, *(c or "-" for c in cells)])
+    return _markdown(["Method", "Channel", "Units", *(t for t, *_ in layout)], rows)
+
+
+def format_region_table(
+    frame: pd.DataFrame, channels: Sequence[str], regions: Sequence[str], metric: str = "rmse"
+) -> str:
+    """Markdown table, one row per (model, region): ``metric`` of each channel (physical
+    units, named in the header)."""
+    models = list(dict.fromkeys(frame["model"]))
+    rows = []
+    for model in models:
+        for region in regions:
+            chosen = _row_for(frame, model, region, "all")
+            cells = [_cell(chosen, channel, metric, 1.0) for channel in channels]
+            if any(c is not None for c in cells):
+                rows.append([model, region, *(c or "-" for c in cells)])
+    titles = [f"{metric.upper()} {c}" for c in channels]
+    return _markdown(["Method", "Region", *titles], rows)
