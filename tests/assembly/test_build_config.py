@@ -114,6 +114,57 @@ def test_the_shipped_configs_pass_and_fengwu_inputs_are_checked():
         check_config({**fengwu, "splits": {"last_days": {"test": 1}}})
 
 
+def test_the_shipped_fengwu_config_feeds_fengwu_natively_and_its_store_holds_every_split():
+    from dambench.sources.era5 import ERA5_STORES
+
+    config = load_config("era5-fengwu")
+    store = ERA5_STORES[config.inputs["era5"]]
+    assert store.grid_deg <= config.background["model_grid_deg"]  # FengWu's native 0.25 deg
+    assert set(config.splits["dates"]) == {"train", "validation", "test"}
+    back = pd.Timedelta(hours=config.background["lead_hours"] + config.background["step_hours"])
+    for name, (first, last) in config.splits["dates"].items():
+        assert pd.Timestamp(first) - back >= pd.Timestamp(store.first), name
+        if store.last is not None:
+            assert pd.Timestamp(last) <= pd.Timestamp(store.last), name
+    assert config.splits["dates"]["test"] == ["2024-01-01", "2024-12-31"]
+    assert "ARCO-ERA5" in config.sources["era5"]
+
+
+WB2_1P5 = (
+    "gs://weatherbench2/datasets/era5/"
+    "1959-2023_01_10-6h-240x121_equiangular_with_poles_conservative.zarr"
+)
+
+
+def test_a_coarse_known_store_is_refused_for_fengwu_unless_allowed_and_then_by_its_span():
+    fengwu = load_config("era5-fengwu").to_dict()
+    coarse = {**fengwu, "inputs": {**fengwu["inputs"], "era5": WB2_1P5}}
+    with pytest.raises(DambenchInputError) as err:
+        check_config(coarse)
+    message = str(err.value)
+    assert "(1.5 deg)" in message and "0.25 deg grid" in message
+    assert "allow_coarse_forecaster_input" in message and "ARCO-ERA5" in message
+    allowed = {**coarse, "background": {**fengwu["background"]}}
+    allowed["background"]["allow_coarse_forecaster_input"] = True
+    # the grid is allowed; the store still ends on 2023-01-10, before validation and test
+    with pytest.raises(DambenchInputError, match="split 'validation' needs ERA5 from 2022-12-30"):
+        check_config(allowed)
+    allowed["splits"] = {"dates": {"train": ["2000-01-01", "2022-12-31"]}}
+    check_config(allowed)
+    allowed["background"]["allow_coarse_forecaster_input"] = "yes"
+    with pytest.raises(DambenchInputError, match="must be true or false, got str 'yes'"):
+        check_config(allowed)
+
+
+def test_http_urls_are_accepted_for_every_fengwu_input():
+    base = "http://127.0.0.1:8765"
+    inputs = {"era5": f"{base}/era5.zarr", "cpc": base + "/precip.{year}.nc", "olr": f"{base}/o.nc"}
+    fengwu = load_config("era5-fengwu")
+    background = {**fengwu.background, "model": f"{base}/m.onnx", "mean": f"{base}/a.npy"}
+    config = load_config("era5-fengwu", inputs=inputs, background=background)
+    assert config.inputs == inputs and config.background["model"] == f"{base}/m.onnx"
+
+
 def test_a_custom_config_builds_with_a_generated_card(tmp_path):
     from datasets import load_dataset
 
