@@ -187,8 +187,8 @@ def retries_exhausted(url: str, reason: str, attempts: int) -> DambenchRemoteErr
 def permanent_failure(url: str, reason: str) -> DambenchRemoteError:
     """The error for ``url`` after a permanent failure ``reason`` (not retried)."""
     return DambenchRemoteError(
-        f"Cannot read {url}: {reason} (permanent, not retried). Check the URL and your access "
-        "to it, or download the file and pass its local path."
+        f"Cannot read {url}: {reason} (permanent, not retried). Check the URL, the network and "
+        "your access to it, or download the file and pass its local path."
     )
 
 
