@@ -75,7 +75,7 @@ def run_distributed(
             pure=False,
         )
         with tqdm(total=len(futures), desc="shards", unit="shard", disable=not verbose) as bar:
-            for _ in as_completed(futures):
+            for _ in as_completed(futures, loop=client.loop):
                 bar.update(1)
         for task, future in zip(tasks, futures, strict=True):
             if future.status != "finished":

@@ -504,3 +504,38 @@ def test_a_read_only_filesystem_is_explained_and_a_finished_one_verified(
         build("era5-sample", empty, verbose=False)
     assert f"Cannot write {empty / LOCK_NAME}" in str(caught.value)
     assert list(empty.iterdir()) == []
+
+
+# --- a shard that fails (issue 16, item 3) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_shard_names_its_cycles_and_the_cause_and_resumes(
+    tmp_path, monkeypatch, reference, sample_recipe, fast_recipe, workers
+):
+    from dambench.exceptions import DambenchRemoteError
+
+    folder, digests = reference
+    out = tmp_path / "era5-sample"
+    url = "https://data.example.org/era5.zarr/2m_temperature/c/8/0/0"
+    block = sample_recipe.block
+
+    def source_fails_at_the_second_shard(indices):
+        if indices[0] == 8:
+            raise DambenchRemoteError(f"Could not read {url}: connection reset (tried 5 times).")
+        return block(indices)
+
+    monkeypatch.setattr(sample_recipe, "block", source_fails_at_the_second_shard)
+    with pytest.raises(DambenchBuildError) as caught:
+        build("era5-sample", out, workers=workers, verbose=False)
+    cycles = sample_recipe.cycles
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"shard of cycles {cycles[8]} .. {cycles[15]} (8 cycles) failed" in message
+    assert f"DambenchRemoteError: Could not read {url}" in message and "resumes" in message
+    assert isinstance(caught.value.__cause__, DambenchRemoteError)
+    done = sorted(p.name for p in (out / builder.STATE_DIR / "shards").iterdir())
+    assert "00000008" not in done and "00000000" in done
+    monkeypatch.setattr(sample_recipe, "block", block)
+    build("era5-sample", out, verbose=False)
+    assert tree_digest(out) == digests
