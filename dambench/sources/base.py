@@ -12,6 +12,7 @@ with backoff and fail with one line naming the URL (:mod:`dambench.sources.retry
 from __future__ import annotations
 
 import os
+import re
 import socket
 import warnings
 from collections.abc import Iterable, Sequence
@@ -233,9 +234,15 @@ def _missing_reader(text: str, engine: str | None, err: ImportError) -> MissingD
     )
 
 
+_ZARR_NAME = re.compile(r"\.zarr(-v[23])?(/|$)")
+"""A Zarr store's name: ``x.zarr``, ARCO-ERA5's ``x.zarr-v3``, or a path inside one."""
+
+
 def _guess_engine(path: str) -> str | None:
+    """``zarr`` for a store's name or a local folder, ``cfgrib`` for GRIB names, else ``None``
+    (netCDF, told apart by its first bytes)."""
     name = path.lower()
-    if name.endswith(".zarr") or ".zarr/" in name:
+    if _ZARR_NAME.search(name) or (not is_remote(path) and Path(path).is_dir()):
         return "zarr"
     if name.endswith((".grib", ".grb", ".grib2", ".grb2")):
         return "cfgrib"

@@ -306,3 +306,16 @@ def unused_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_arco_store_names_open_as_zarr(files, tmp_path):
+    """ARCO-ERA5's store is named ``...chunk-1.zarr-v3``: a Zarr store, locally and over HTTP."""
+    import shutil
+
+    shutil.copytree(files / "store.zarr", tmp_path / "full_37-1h-0p25deg-chunk-1.zarr-v3")
+    expected = xr.open_zarr(files / "store.zarr", consolidated=False).load()
+    local = open_dataset_any(tmp_path / "full_37-1h-0p25deg-chunk-1.zarr-v3").load()
+    xr.testing.assert_identical(local, expected)
+    with served(tmp_path) as server:
+        got = open_dataset_any(f"{server.url}/full_37-1h-0p25deg-chunk-1.zarr-v3").load()
+    xr.testing.assert_identical(got, expected)
