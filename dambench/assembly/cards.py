@@ -10,6 +10,12 @@ placeholders, filled from the build, under a YAML front matter that the Hugging 
   shards and ignores the Zarr store, ``stats.json`` and ``manifest.json``; and, when the folder
   has one, a small ``preview`` config (``preview/{split}-*.parquet``: a few scalars per cycle and
   channel) that the Hub's dataset viewer can page through, unlike the 24 MB array rows;
+- ``dataset_info``: per config, each split's ``num_examples`` (rows, from the Parquet footers) and
+  ``num_bytes`` (the bytes of its Parquet files), and the config's ``download_size``. A plain
+  non-streaming ``datasets.load_dataset`` compares the rows it prepared with ``num_examples`` and
+  refuses a split with a Parquet file missing or a stray one added
+  (``NonMatchingSplitsSizesError``); it does not compare ``num_bytes`` and checks no content
+  (see the card's "How to load" for which path checks what);
 - ``license``, ``pretty_name``, ``task_categories``, ``tags`` and ``size_categories``.
 
 Figures are never typed in a template: the builder passes them in ``context`` (see
@@ -228,6 +234,7 @@ def card_metadata(
     size_category: str | None = None,
     tags: Sequence[str] | None = None,
     preview: Mapping[str, Sequence[str]] | None = None,
+    sizes: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
 ) -> dict:
     """The YAML front matter of a dataset card, as a dict.
 
@@ -245,12 +252,16 @@ def card_metadata(
         :data:`TAGS`.
     preview
         Split name -> preview files (``preview/{split}-*.parquet``); adds a ``preview`` config.
+    sizes
+        Config name (``default``, ``preview``) -> split -> ``{"num_examples", "num_bytes"}``
+        (see :func:`split_sizes`); adds ``dataset_info``.
 
     Returns
     -------
     dict with ``license``, ``pretty_name``, ``task_categories``, ``tags``, optionally
-    ``size_categories``, and ``configs``: the ``default`` config (marked ``default: true`` when
-    a ``preview`` config follows), one ``data_files`` entry per split, in ``splits`` order.
+    ``size_categories``, ``configs``: the ``default`` config (marked ``default: true`` when
+    a ``preview`` config follows), one ``data_files`` entry per split, in ``splits`` order, and,
+    with ``sizes``, ``dataset_info`` (the list form ``datasets`` reads, one entry per config).
 
     Raises
     ------
@@ -278,7 +289,49 @@ def card_metadata(
             for split, files in preview.items()
         ]
         meta["configs"].append({"config_name": "preview", "data_files": previews})
+    if sizes:
+        meta["dataset_info"] = [dataset_info(name, by_split) for name, by_split in sizes.items()]
     return meta
+
+
+def dataset_info(config_name: str, sizes: Mapping[str, Mapping[str, int]]) -> dict:
+    """One ``dataset_info`` entry: the config's splits with ``num_bytes`` and ``num_examples``
+    (the names and order ``datasets`` reads) and its ``download_size``."""
+    splits = [
+        {"name": split, "num_bytes": int(n["num_bytes"]), "num_examples": int(n["num_examples"])}
+        for split, n in sizes.items()
+    ]
+    total = sum(entry["num_bytes"] for entry in splits)
+    return {"config_name": config_name, "splits": splits, "download_size": total}
+
+
+def split_sizes(folder: str | Path, splits: Mapping[str, Sequence[str]]) -> dict[str, dict]:
+    """Split -> ``{"num_examples": rows, "num_bytes": bytes}`` of its Parquet files in ``folder``.
+
+    Rows come from the Parquet footers (no data is read); bytes are the files' sizes.
+
+    Raises
+    ------
+    DambenchInputError
+        A listed file is missing or is not a readable Parquet file (named).
+    """
+    import pyarrow.parquet as pq
+
+    out = {}
+    for split, files in splits.items():
+        rows = size = 0
+        for relative in files:
+            path = Path(folder) / relative
+            try:
+                rows += pq.read_metadata(path).num_rows
+                size += path.stat().st_size
+            except (OSError, ValueError) as err:
+                raise DambenchInputError(
+                    f"Cannot read the Parquet footer of {path} ({type(err).__name__}: {err}); "
+                    "the card records every split's rows: rebuild or restore the file."
+                ) from err
+        out[split] = {"num_examples": rows, "num_bytes": size}
+    return out
 
 
 def _split_pattern(split: str, files: Sequence[str], folder: str = "data") -> str:
@@ -435,9 +488,11 @@ def render_card(
         Dataset name.
     folder
         The built folder: the source of the splits (``data/*.parquet``, when ``splits`` is
-        ``None``), of the preview files (``preview/*.parquet``, when ``preview`` is ``None``) and
-        of the observation parameters (``NAME.zarr``) for derived tokens. May be ``None`` when
-        ``splits`` is given and ``context`` holds every token.
+        ``None``), of the preview files (``preview/*.parquet``, when ``preview`` is ``None``), of
+        each split's rows and bytes (``dataset_info``, from the Parquet files) and of the
+        observation parameters (``NAME.zarr``) for derived tokens. May be ``None`` when
+        ``splits`` is given and ``context`` holds every token (the card then has no
+        ``dataset_info``).
     context
         Token -> value (see :data:`CARD_TOKENS`); values are written with ``str``.
     splits
@@ -469,6 +524,11 @@ def render_card(
     values = {k: str(v) for k, v in context.items()}
     values.update(derived_context(name, folder, values, splits, template_tokens(text)))
     body = fill(text, values)
+    sizes = None
+    if folder is not None:
+        sizes = {"default": split_sizes(folder, splits)}
+        if preview:
+            sizes["preview"] = split_sizes(folder, preview)
     meta = card_metadata(
         name,
         splits,
@@ -477,6 +537,7 @@ def render_card(
         size_category=_size_label(values),
         tags=tags,
         preview=preview,
+        sizes=sizes,
     )
     return front_matter(meta) + "\n" + body.rstrip("\n") + "\n"
 

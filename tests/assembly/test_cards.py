@@ -351,3 +351,87 @@ def test_installed_wheels_find_the_packaged_templates(tmp_path, monkeypatch):
     assert cards.available_templates() == ["era5-sample"]
     with pytest.raises(DambenchInputError, match=r"no-checkout/dataset_cards/x\.md or .*site"):
         template_text("x")
+
+
+# --- the Hub path guarded: recorded split sizes -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_sample(tmp_path_factory):
+    from dambench.assembly import build
+
+    return build("era5-sample", tmp_path_factory.mktemp("sizes") / "era5-sample", verbose=False)
+
+
+def card_data(folder: Path) -> dict:
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard.load(folder / "README.md").data.to_dict()
+
+
+def test_the_card_records_each_splits_rows_and_bytes(built_sample):
+    import pyarrow.parquet as pq
+
+    info = {entry["config_name"]: entry for entry in card_data(built_sample)["dataset_info"]}
+    assert set(info) == {"default", "preview"}
+    for config, folder in (("default", "data"), ("preview", "preview")):
+        recorded = {s["name"]: (s["num_examples"], s["num_bytes"]) for s in info[config]["splits"]}
+        expected = {}
+        for path in sorted((built_sample / folder).glob("*.parquet")):
+            split = path.name.split("-")[0]
+            rows, size = expected.get(split, (0, 0))
+            expected[split] = (rows + pq.read_metadata(path).num_rows, size + path.stat().st_size)
+        assert recorded == expected
+        assert info[config]["download_size"] == sum(size for _, size in expected.values())
+    body = (built_sample / "README.md").read_text()
+    assert "### What each way of loading checks" in body and "NonMatchingSplitsSizesError" in body
+
+
+def copy_of(built: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(built, tmp_path / "copy"))
+
+
+def test_plain_load_dataset_refuses_a_missing_or_a_stray_parquet_file(built_sample, tmp_path):
+    from datasets import load_dataset
+    from datasets.exceptions import NonMatchingSplitsSizesError
+
+    train_files = sorted((built_sample / "data").glob("train-*.parquet"))
+    assert len(train_files) >= 2
+    intact = load_dataset(str(built_sample), split="train", cache_dir=str(tmp_path / "c0"))
+    missing = copy_of(built_sample, tmp_path / "missing")
+    (missing / "data" / train_files[-1].name).unlink()
+    with pytest.raises(NonMatchingSplitsSizesError):
+        load_dataset(str(missing), split="train", cache_dir=str(tmp_path / "c1"))
+    stray = copy_of(built_sample, tmp_path / "stray")
+    (stray / "data" / "train-99999-of-99999.parquet").write_bytes(train_files[0].read_bytes())
+    with pytest.raises(NonMatchingSplitsSizesError):
+        load_dataset(str(stray), split="train", cache_dir=str(tmp_path / "c2"))
+    # as the card says, streaming checks nothing: the stray rows come through
+    streamed = load_dataset(str(stray), split="train", streaming=True)
+    assert sum(1 for _ in streamed) > intact.num_rows
+
+
+def test_a_flipped_byte_passes_plain_load_dataset_but_not_load_rows(built_sample, tmp_path):
+    from datasets import load_dataset
+
+    from dambench.exceptions import DambenchIntegrityError
+    from dambench.load import load_rows
+
+    flipped = copy_of(built_sample, tmp_path)
+    path = sorted((flipped / "data").glob("train-*.parquet"))[0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    clean = load_dataset(str(built_sample), split="train", cache_dir=str(tmp_path / "c0"))
+    plain = load_dataset(str(flipped), split="train", cache_dir=str(tmp_path / "c1"))
+    clean, plain = clean.with_format("numpy"), plain.with_format("numpy")
+    differs = [
+        not np.array_equal(plain[i][f], clean[i][f], equal_nan=True)
+        for i in range(len(plain))
+        for f in ("target", "background", "observation")
+    ]
+    assert any(differs)  # wrong values, no error: the card's "not detected"
+    with pytest.raises(DambenchIntegrityError, match=path.name):
+        load_rows(str(flipped), split="train", cache_dir=str(tmp_path / "c2"))
