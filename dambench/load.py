@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from dambench import schema
-from dambench.exceptions import DambenchInputError
+from dambench.exceptions import DambenchError, DambenchInputError, DambenchIntegrityError
 from dambench.sources.base import (
     DambenchSourceError,
     hub_unreachable_reason,
@@ -37,6 +37,7 @@ from dambench.verify import (
     Folder,
     ManifestError,
     UnfinishedBuildError,
+    is_hidden,
     unfinished_message,
     verify,
 )
@@ -140,10 +141,13 @@ def ensure_embedded(cache_dir: str | os.PathLike | None = None, verbose: bool = 
 def check_folder(root: str, *, prefix: str = "", hashes: bool = False) -> None:
     """Refuse an unfinished or damaged build folder before reading it.
 
-    With ``manifest.json``: the files under ``prefix`` must match it (sizes; sha256 too with
-    ``hashes``). Without: a build's state folder means an unfinished build; a store that calls
-    itself a dambench dataset (root attribute ``dambench_dataset``) without a manifest is an
-    incomplete copy. A store of anything else is left to the schema validation.
+    With ``manifest.json``: the files under ``prefix`` must match it: their sizes, and the
+    sha256 of what every open reads (Zarr metadata, ``stats.json``, coordinates: kilobytes), so
+    that the normalisation statistics and cycles read are those the manifest (and so the
+    recorded dataset digest) attests; every file's sha256 with ``hashes``. Without: a build's
+    state folder means an unfinished build; a store that calls itself a dambench dataset (root
+    attribute ``dambench_dataset``) without a manifest is an incomplete copy. A store of
+    anything else is left to the schema validation.
 
     Raises
     ------
@@ -154,7 +158,11 @@ def check_folder(root: str, *, prefix: str = "", hashes: bool = False) -> None:
     if not folder.is_dir():
         return  # nothing there: opening it says so
     if folder.exists(MANIFEST):
-        verify(folder, hashes=hashes, prefix=prefix)
+        report = verify(folder, hashes=hashes, prefix=prefix, strict=False, opened=True)
+        if not report.ok:
+            raise ManifestError(
+                f"{report.summary()} `dambench verify {folder.location}` checks every file."
+            )
     elif folder.unfinished():
         raise UnfinishedBuildError(unfinished_message(folder.location))
     elif prefix and _claims_dambench(f"{root}/{prefix.rstrip('/')}"):
@@ -262,6 +270,74 @@ def open_dataset(
     return ds.isel({schema.TIME: chosen})
 
 
+def read_block(ds: xr.Dataset, variable: str, selection: dict) -> xr.DataArray:
+    """``ds[variable].sel(selection)`` read into memory, for a ``ds`` from :func:`open_dataset`.
+
+    A failed read (a corrupted chunk fails its crc32c; a shard that does not decompress) is
+    raised as one :class:`DambenchIntegrityError` naming the store, the array, the chunk key and
+    the cycle, and the remedy (``dambench verify FOLDER``), instead of the reader's traceback.
+    """
+    chosen = ds[variable].sel(selection)
+    try:
+        return chosen.load()
+    except (DambenchError, MemoryError):
+        raise
+    except Exception as err:  # zarr raises ValueError, RuntimeError, numcodecs errors, ...
+        raise _read_error(ds, variable, chosen, err) from err
+
+
+def _read_error(
+    ds: xr.Dataset, variable: str, chosen: xr.DataArray, err: Exception
+) -> DambenchIntegrityError:
+    source = str(ds.encoding.get("source", "the store"))
+    cycle = _first_unreadable(chosen)
+    where = f"{source}/{variable}"
+    if cycle is not None:
+        key = chunk_key(ds[variable], _store_position(source, cycle))
+        where = f"{where}/{key} (cycle {str(cycle)[:16]})" if key else f"{where} (cycle {cycle})"
+    folder = source.rsplit("/", 1)[0] if "/" in source else source
+    return DambenchIntegrityError(
+        f"Cannot read {where}: {type(err).__name__}: {str(err).rstrip('.')}. The file is "
+        f"damaged: run `dambench verify {folder}` to list every damaged file, then download or "
+        "build the dataset again."
+    )
+
+
+def _first_unreadable(chosen: xr.DataArray) -> np.datetime64 | None:
+    """The first cycle of ``chosen`` that cannot be read, or None."""
+    if schema.TIME not in chosen.dims:
+        return None
+    for time in chosen[schema.TIME].values:
+        try:
+            chosen.sel({schema.TIME: time}).load()
+        except Exception:  # the failure being located
+            return time
+    return None
+
+
+def _store_position(source: str, time: np.datetime64) -> int | None:
+    """Index of ``time`` along the store's whole time axis (a split holds a subset)."""
+    try:
+        times = xr.open_zarr(source, consolidated=None)[schema.TIME].values
+    except Exception:  # the coordinates were checked on open; anything else: no chunk key
+        return None
+    found = np.flatnonzero(times == time)
+    return int(found[0]) if found.size else None
+
+
+def chunk_key(field: xr.DataArray, time_index: int | None) -> str | None:
+    """The Zarr v3 key (``c/2/0/0/0``) of the chunk, or shard, holding ``time_index`` of an
+    array whose other dims are each one chunk; None when that is not so."""
+    encoding = field.encoding
+    shape = encoding.get("shards") or encoding.get("chunks")
+    if time_index is None or shape is None or field.dims[0] != schema.TIME:
+        return None
+    rest = zip(field.dims[1:], shape[1:], strict=True)
+    if not all(size >= field.sizes[d] for d, size in rest):
+        return None
+    return "c/" + "/".join([str(time_index // shape[0])] + ["0"] * (len(shape) - 1))
+
+
 def _split_local(location: str) -> tuple[str, str]:
     path = Path(location)
     return str(path.parent), path.name
@@ -280,9 +356,11 @@ def load_rows(
     :func:`open_dataset`.
 
     ``datasets.load_dataset`` on the folder (or the Hub repository ``dambench/NAME``) with the
-    Parquet page checksums verified on every read (a corrupted page raises), after the folder
-    check of :func:`check_folder` (``verify=True``: every file's sha256). A Hub dataset without
-    network fails in seconds with the how-to-build-locally message.
+    Parquet page checksums verified on every read, after the folder check of
+    :func:`check_folder` (``verify=True``: every file's sha256). A corrupted page of a local
+    folder raises :class:`DambenchIntegrityError` naming the Parquet file (with
+    ``streaming=True`` the reader's ``OSError`` comes while iterating, naming no file). A Hub
+    dataset without network fails in seconds with the how-to-build-locally message.
 
     Parameters
     ----------
@@ -303,7 +381,12 @@ def load_rows(
     kwargs.setdefault("fragment_scan_options", options)
     if not root.startswith(HF_DATASETS):
         check_folder(root, hashes=verify)
-        return load_dataset(str(root), split=split, streaming=streaming, **kwargs)
+        try:
+            return load_dataset(str(root), split=split, streaming=streaming, **kwargs)
+        except Exception as err:  # datasets wraps the reader's error in its own
+            if not _is_checksum_failure(err):
+                raise
+            raise DambenchIntegrityError(_parquet_message(root, split, err)) from err
     guard_hub(root)
     repo_id, rev, _ = parse_hub_url(root)
     try:
@@ -314,6 +397,50 @@ def load_rows(
         if is_network_error(err):
             raise _hub_error(root, f"{type(err).__name__}: {err}") from err
         raise
+
+
+def _is_checksum_failure(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it was raised from is a failed (page) checksum."""
+    while err is not None:
+        if "checksum" in str(err).lower():
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def damaged_parquet(root: str | os.PathLike, split: str | None = None) -> list[str]:
+    """Folder-relative paths of the Parquet files (of ``split``, else all) under a local build
+    folder whose page checksums fail, read one record batch at a time."""
+    import pyarrow.parquet as pq
+
+    found = []
+    pattern = f"{split}-*.parquet" if split else "*.parquet"
+    for path in sorted(Path(root).rglob(pattern)):
+        relative = path.relative_to(root).as_posix()
+        if is_hidden(relative):
+            continue
+        try:
+            for _ in pq.ParquetFile(path, page_checksum_verification=True).iter_batches():
+                pass
+        except (OSError, ValueError):  # pyarrow's ArrowException subclasses
+            found.append(relative)
+    return found
+
+
+def _parquet_message(root: str, split: str | None, err: BaseException) -> str:
+    damaged = damaged_parquet(root, split) or ["(not found again on a second read)"]
+    inner = _innermost(err)
+    return (
+        f"A Parquet page checksum failed in {root}: {', '.join(damaged)} "
+        f"({type(inner).__name__}: {inner}). The file is damaged: run `dambench verify {root}`, "
+        "then download or build the dataset again."
+    )
+
+
+def _innermost(err: BaseException) -> BaseException:
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def stats_from_attrs(ds: xr.Dataset) -> xr.Dataset:

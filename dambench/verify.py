@@ -33,6 +33,9 @@ STATE_DIR = ".dambench-build"
 STATE_DIRS = (STATE_DIR, STATE_DIR + ".tmp")
 """An unfinished build's state folder, and the staging folder it is renamed from."""
 LEFTOVER_SUFFIXES = (".partial", ".tmp")
+STATS_FILE = "stats.json"
+METADATA_NAMES = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+"""Zarr metadata files (v3 and v2): read on every open, kilobytes each."""
 REPORT_LIMIT = 10
 _BLOCK = 4 << 20
 
@@ -62,6 +65,8 @@ class VerifyReport:
         Files and bytes checked.
     hashed
         Whether sha256 sums were recomputed (else sizes only).
+    opened
+        Whether (sizes only otherwise) the sha256 of what every open reads was recomputed.
     """
 
     location: str
@@ -73,6 +78,7 @@ class VerifyReport:
     n_files: int = 0
     n_bytes: int = 0
     hashed: bool = True
+    opened: bool = False
 
     @property
     def ok(self) -> bool:
@@ -91,6 +97,7 @@ class VerifyReport:
     def summary(self) -> str:
         """One line: verified, or what differs and what to do."""
         how = "sha256" if self.hashed else "sizes only"
+        how = "sizes; sha256 of the metadata and coordinates" if self.opened else how
         if self.ok:
             return (
                 f"{self.location}: {self.n_files} files, {self.n_bytes / 1e6:.1f} MB match "
@@ -176,6 +183,14 @@ class Folder:
         out.pop(MANIFEST, None)
         return out
 
+    def sizes_of(self, names: list[str]) -> dict[str, int]:
+        """Relative path -> size of those of ``names`` that exist."""
+        return {n: int(self.fs.size(self.path(n))) for n in names if self.exists(n)}
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open(self.path(relative), "rb") as handle:
+            return handle.read()
+
     def sha256(self, relative: str) -> str:
         if self.local:
             return sha256_file(self.path(relative))
@@ -245,6 +260,42 @@ def _valid_entry(name: str, entry) -> bool:
     return hex_ok and isinstance(size, int) and not isinstance(size, bool) and size >= 0
 
 
+def is_metadata(relative: str) -> bool:
+    """A Zarr metadata file or the folder's ``stats.json``."""
+    return PurePosixPath(relative).name in METADATA_NAMES or relative == STATS_FILE
+
+
+def _coordinate_folders(metadata: Mapping[str, bytes]) -> list[str]:
+    """Folders (``STORE/NAME/``) of the 0-d and 1-d arrays among Zarr v3 array metadata: the
+    coordinates, which every open reads whole."""
+    folders = []
+    for relative, data in metadata.items():
+        if PurePosixPath(relative).name != "zarr.json" or "/" not in relative:
+            continue
+        try:
+            meta = json.loads(data)
+        except ValueError:
+            continue  # a damaged file: its sha256 says so
+        if isinstance(meta, Mapping) and meta.get("node_type") == "array":
+            if len(meta.get("shape", ())) <= 1:
+                folders.append(relative.rsplit("/", 1)[0] + "/")
+    return folders
+
+
+def read_on_open(folder: Folder, names: list[str], threads: int = 8) -> dict[str, str]:
+    """sha256 of the files of ``names`` that every open of the dataset reads: the Zarr metadata
+    files, ``stats.json`` and the chunks of the coordinate arrays (kilobytes in all)."""
+    metadata = [n for n in names if is_metadata(n)]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(metadata)))) as pool:
+        contents = dict(zip(metadata, pool.map(folder.read_bytes, metadata), strict=True))
+    digests = {n: hashlib.sha256(data).hexdigest() for n, data in contents.items()}
+    folders = tuple(_coordinate_folders(contents))
+    chunks = [n for n in names if n.startswith(folders) and n not in digests] if folders else []
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chunks)))) as pool:
+        digests.update(zip(chunks, pool.map(folder.sha256, chunks), strict=True))
+    return digests
+
+
 def verify(
     location: str | os.PathLike | Folder,
     *,
@@ -252,6 +303,7 @@ def verify(
     prefix: str = "",
     strict: bool = True,
     threads: int = 8,
+    opened: bool = False,
 ) -> VerifyReport:
     """Check every file of a built folder against its ``manifest.json``.
 
@@ -268,6 +320,10 @@ def verify(
         Raise :class:`ManifestError` when something differs (default); else return the report.
     threads
         Files hashed at once (hashlib releases the GIL).
+    opened
+        With ``hashes=False``: also recompute the sha256 of what every open reads
+        (:func:`read_on_open`: metadata, ``stats.json``, coordinates), so that a same-size edit
+        of the normalisation statistics is caught (what ``open_dataset`` does).
 
     Returns
     -------
@@ -283,20 +339,26 @@ def verify(
     if not folder.is_dir():
         raise ManifestError(f"{folder.location} is not a folder.")
     manifest = read_manifest(folder)
-    listed = {k: v for k, v in manifest["files"].items() if k.startswith(prefix)}
-    present = folder.sizes(prefix)
-    report = VerifyReport(folder.location, manifest, hashed=hashes)
+    extra = (STATS_FILE,) if opened and prefix else ()
+    listed = {k: v for k, v in manifest["files"].items() if k.startswith((prefix, *extra))}
+    present = {**folder.sizes(prefix), **folder.sizes_of([n for n in extra if n in listed])}
+    report = VerifyReport(folder.location, manifest, hashed=hashes, opened=opened and not hashes)
     report.missing = sorted(n for n in listed if n not in present and not is_hidden(n))
     report.extra = sorted(set(present) - set(listed))
     report.leftovers = sorted(n for n in listed if n.endswith(LEFTOVER_SUFFIXES))
     common = sorted(set(listed) & set(present))
     resized = [n for n in common if present[n] != listed[n]["bytes"]]
-    to_hash = [n for n in common if n not in set(resized)] if hashes else []
-    workers = max(1, min(threads, len(to_hash)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = dict(zip(to_hash, pool.map(folder.sha256, to_hash), strict=True))
-    rehashed = [n for n in to_hash if digests[n] != listed[n]["sha256"].lower()]
+    same_size = [n for n in common if n not in set(resized)]
+    digests = _digests(folder, same_size, hashes, opened, threads)
+    rehashed = [n for n, digest in digests.items() if digest != listed[n]["sha256"].lower()]
     report.changed = sorted(resized + rehashed)
     report.n_files = len(common)
     report.n_bytes = sum(present[n] for n in common)
     return report.raise_if_failed() if strict else report
+
+
+def _digests(folder: Folder, names: list[str], hashes: bool, opened: bool, threads: int):
+    if not hashes:
+        return read_on_open(folder, names, threads) if opened else {}
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(names)))) as pool:
+        return dict(zip(names, pool.map(folder.sha256, names), strict=True))

@@ -24,6 +24,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dambench import schema
+from dambench.load import read_block
 from dambench.metrics import crps, evaluate, spatial_mean
 from dambench.normalize import normalize
 from dambench.regions import Region, region_weights
@@ -164,7 +165,7 @@ def score_cycles(
     with tqdm(total=ds.sizes[schema.TIME], desc="scoring", disable=not verbose) as bar:
         for block in blocks:
             selection = {schema.TIME: block, schema.CHANNEL: list(channels)}
-            target = ds["target"].sel(selection).load()
+            target = read_block(ds, "target", selection)
             weight_sets = {r.name: _region_weights(r, target) for r in regions}
             for method in methods:
                 _score_method_block(out, method, block, target, stats, regions, weight_sets, skipna)

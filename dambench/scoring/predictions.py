@@ -37,8 +37,14 @@ import xarray as xr
 
 from dambench import schema
 from dambench.channels import available_channels, to_channels
-from dambench.exceptions import DambenchInputError, DambenchSchemaError
+from dambench.exceptions import (
+    DambenchError,
+    DambenchInputError,
+    DambenchIntegrityError,
+    DambenchSchemaError,
+)
 from dambench.grid import rename_aliases, to_canonical
+from dambench.load import chunk_key
 from dambench.sources.base import is_remote, open_dataset_any
 from dambench.sources.lexicon import find_variable
 from dambench.units import canonical_units
@@ -217,11 +223,29 @@ class Predictions:
     def attrs(self) -> dict:
         return dict(self.raw.attrs)
 
+    def _read(self, position: int) -> xr.Dataset:
+        """The cycle at ``position`` in memory; a failed read (a corrupted chunk) is one
+        :class:`DambenchIntegrityError` naming the file, the chunk and the cycle."""
+        try:
+            return self.raw.isel({schema.TIME: position}).load()
+        except (DambenchError, MemoryError):
+            raise
+        except Exception as err:  # zarr, netCDF and fsspec readers raise many types
+            where = self.location.rstrip("/")
+            if self.stacked is not None:
+                key = chunk_key(self.raw[self.stacked], position)
+                where = f"{where}/{self.stacked}" + (f"/{key}" if key else "")
+            raise DambenchIntegrityError(
+                f"Cannot read {where} (cycle {str(self.times[position])[:16]}): "
+                f"{type(err).__name__}: {str(err).rstrip('.')}. The predictions are damaged or "
+                "unreadable: write them again."
+            ) from err
+
     def cycle(self, time: np.datetime64) -> xr.DataArray:
         """The predictions valid at ``time``, in memory: ``([member,] channel, latitude,
         longitude)`` in physical units on the canonical grid (members on a dim ``member``)."""
         position = self.times.get_loc(pd.Timestamp(time))
-        one = to_canonical(self.raw.isel({schema.TIME: position}).load())
+        one = to_canonical(self._read(position))
         if self.stacked is not None:
             field = one[self.stacked].sel({schema.CHANNEL: list(self.channels)})
         else:
