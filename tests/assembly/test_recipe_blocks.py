@@ -329,3 +329,15 @@ def test_every_input_is_read_over_http_and_blocks_equal_the_local_ones(standins,
     expected = local.block(indices)
     for name, values in remote.block(indices).items():
         np.testing.assert_array_equal(values, expected[name], err_msg=name)
+
+
+def test_times_past_the_stores_declared_valid_time_stop_are_refused(standins, tmp_path):
+    import shutil
+
+    import zarr
+
+    store = shutil.copytree(standins / "era5.zarr", tmp_path / "arco-like.zarr")
+    zarr.open_group(store, mode="r+").attrs["valid_time_stop"] = "2020-07-04T00"
+    with pytest.raises(DambenchInputError, match="declares valid data up to 2020-07-04 00:00:00"):
+        make_recipe(config_for(standins, era5=store))
+    make_recipe(config_for(standins, era5=store, last="2020-07-04"))

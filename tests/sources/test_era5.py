@@ -197,3 +197,38 @@ def test_new_cds_netcdf_layout_matches_grib(realdata, tmp_path):
     from_grib = open_era5(grib_path, grid=None)
     np.testing.assert_array_equal(from_nc.values, from_grib.values)
     assert from_nc.channel.values.tolist() == from_grib.channel.values.tolist()
+
+
+def test_era5_reader_reads_only_the_times_asked_and_pickles_without_data(wb2_store, tmp_path):
+    import pickle
+    import shutil
+
+    import zarr
+
+    from dambench.sources.era5 import Era5Reader
+
+    path, sub = wb2_store
+    store = shutil.copytree(path, tmp_path / "store.zarr")
+    group = zarr.open_group(store, mode="r+")
+    group.attrs["valid_time_stop"] = "2000-07-15T00"
+    # corrupt every chunk of the January time: reading it would fail
+    for name in (WB2[v] for v in ("z", "u", "v")):
+        for chunk in (store / name / "c").glob("0/**/*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"not a chunk")
+    reader = Era5Reader(store, ["z500", "u850"])
+    assert reader.grid_deg == 1.5
+    assert reader.times.equals(pd.DatetimeIndex(["2000-01-15", "2000-07-15"]))
+    assert reader.valid_time_stop == pd.Timestamp("2000-07-15")
+    july = pd.DatetimeIndex(["2000-07-15"])
+    field = reader(july)
+    assert field.dims == ("time", "channel", "latitude", "longitude") and field.shape[:2] == (1, 2)
+    expected = sub["z"].sel(level=500).isel(time=1).values[::-1]  # stored south to north
+    np.testing.assert_array_equal(field.sel(channel="z500").values[0], expected)
+    with pytest.raises(Exception):  # noqa: B017 - any decode error: the corrupt chunk was read
+        reader(pd.DatetimeIndex(["2000-01-15"]))
+    text = pickle.dumps(reader)
+    assert len(text) < 20_000
+    np.testing.assert_array_equal(pickle.loads(text)(july).values, field.values)
+    with pytest.raises(DambenchInputError, match="requested times are missing"):
+        reader(pd.DatetimeIndex(["2001-01-01"]))
