@@ -181,7 +181,8 @@ def _locked_build(config: BuildConfig, out: Path, workers, scheduler, verbose, w
             _verify_finished(out)
             return
         _check_folder(out, config)
-        _run(config, out, workers, scheduler, verbose)
+        with engines.connection(scheduler, out, out / LOCK_NAME) as client:
+            _run(config, out, workers, client, verbose)
 
 
 def _after_write_error(err: OSError, out: Path, config: BuildConfig) -> None:
@@ -211,7 +212,9 @@ def is_finished(out: str | Path) -> bool:
     return (Path(out) / MANIFEST).is_file()
 
 
-def _run(config: BuildConfig, out: Path, workers, scheduler, verbose) -> None:
+def _run(config: BuildConfig, out: Path, workers, client, verbose) -> None:
+    """Plan, then execute (see the module docstring); shards run on ``client``'s cluster when it
+    is given, else on ``workers`` threads."""
     recipe = make_recipe(config)  # validates and opens every input before anything is written
     plan = make_plan(config, recipe.cycles, recipe.splits)
     if len(plan.cycles) == 0:
@@ -236,8 +239,8 @@ def _run(config: BuildConfig, out: Path, workers, scheduler, verbose) -> None:
     cycle_index = _cycle_index(recipe.cycles, plan.cycles)
     tasks = _shard_tasks(config, plan, store, state, cycle_index)
     with shards.serving(config.digest(), recipe):
-        if scheduler:
-            engines.run_distributed(scheduler, tasks, out, out / LOCK_NAME, verbose)
+        if client is not None:
+            engines.run_distributed(client, tasks, verbose)
         else:
             engines.run_local(tasks, workers, verbose)
     _write_parquet(plan, store, out, config, modalities, verbose)

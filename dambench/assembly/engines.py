@@ -7,7 +7,8 @@ first failed shard in plan order is raised; the shards that succeeded keep their
 re-run resumes at the failed ones.
 
 On a cluster, ``--out`` must be a folder that every worker sees at the same path (a shared
-filesystem): :func:`check_workers` refuses to start otherwise. A worker process that dies while
+filesystem): :func:`cluster` connects and :func:`check_workers` refuses, before anything is
+written, a cluster whose workers do not see it. A worker process that dies while
 computing a shard (killed, out of memory) costs nothing but time: the scheduler gives the shard to
 another worker (up to its ``distributed.scheduler.allowed-failures``), and a shard that raises is
 retried :data:`SHARD_RETRIES` times.
@@ -16,8 +17,9 @@ retried :data:`SHARD_RETRIES` times.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,6 +31,8 @@ from dambench.exceptions import DambenchError, MissingDependencyError
 
 SHARD_RETRIES = 2
 """Retries of a shard task that raised, on a cluster (a transient fault in a worker)."""
+CONNECT_TIMEOUT_S = 30
+"""Seconds to wait for the scheduler to answer."""
 
 
 def run_local(tasks: Sequence[shards.ShardTask], workers: int, verbose: bool) -> None:
@@ -56,30 +60,34 @@ def run_local(tasks: Sequence[shards.ShardTask], workers: int, verbose: bool) ->
         bar.close()
 
 
-def run_distributed(
-    address: str, tasks: Sequence[shards.ShardTask], out: Path, marker: Path, verbose: bool
-) -> None:
-    """Run ``tasks`` on the dask.distributed scheduler at ``address``, after
-    :func:`check_workers` (``marker``: a file in ``out`` that every worker must see)."""
+@contextmanager
+def cluster(address: str, out: Path, marker: Path) -> Iterator:
+    """A client of the dask.distributed scheduler at ``address`` whose workers passed
+    :func:`check_workers` (``marker``: a file in ``out`` that every worker must see); closed
+    after the block."""
+    with _connect(address) as client:
+        check_workers(client, out, Path(marker).absolute())
+        yield client
+
+
+def run_distributed(client, tasks: Sequence[shards.ShardTask], verbose: bool) -> None:
+    """Run ``tasks`` on the cluster of ``client`` (see :func:`cluster`)."""
     if not tasks:
         return
-    client_class, as_completed = _distributed()
-    with client_class(address, set_as_default=False) as client:
-        check_workers(client, out, marker)
-        run_id = uuid.uuid4().hex[:12]  # keys never shared with another build on the cluster
-        futures = client.map(
-            shards.run_shard,
-            list(tasks),
-            key=[f"dambench-shard-{run_id}-{task.start}" for task in tasks],
-            retries=SHARD_RETRIES,
-            pure=False,
-        )
-        with tqdm(total=len(futures), desc="shards", unit="shard", disable=not verbose) as bar:
-            for _ in as_completed(futures, loop=client.loop):
-                bar.update(1)
-        for task, future in zip(tasks, futures, strict=True):
-            if future.status != "finished":
-                _raise_remote(task, future)
+    run_id = uuid.uuid4().hex[:12]  # keys never shared with another build on the cluster
+    futures = client.map(
+        shards.run_shard,
+        list(tasks),
+        key=[f"dambench-shard-{run_id}-{task.start}" for task in tasks],
+        retries=SHARD_RETRIES,
+        pure=False,
+    )
+    with tqdm(total=len(futures), desc="shards", unit="shard", disable=not verbose) as bar:
+        for _ in _as_completed(futures, loop=client.loop):
+            bar.update(1)
+    for task, future in zip(tasks, futures, strict=True):
+        if future.status != "finished":
+            _raise_remote(task, future)
 
 
 def _raise_remote(task: shards.ShardTask, future) -> None:
@@ -95,14 +103,33 @@ def _raise_remote(task: shards.ShardTask, future) -> None:
     raise shards.shard_error(task, error) from error
 
 
-def _distributed():
+def connection(address: str | None, out: Path, marker: Path):
+    """:func:`cluster` when ``address`` is given, else an empty context (local engines)."""
+    return cluster(address, out, marker) if address else nullcontext(None)
+
+
+def _connect(address: str):
+    """A client of the scheduler at ``address`` (not made the default client)."""
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError as err:
         raise MissingDependencyError(
             "--scheduler needs dask.distributed: pip install 'dambench[distributed]'."
         ) from err
-    return Client, as_completed
+    try:
+        return Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT_S)
+    except OSError as err:
+        raise DambenchBuildError(
+            f"Could not connect to the dask scheduler at {address} within {CONNECT_TIMEOUT_S} s "
+            f"({type(err).__name__}: {' '.join(str(err).split())}); start it (dask scheduler) "
+            "and its workers, or check the address given to --scheduler."
+        ) from err
+
+
+def _as_completed(futures, loop):
+    from distributed import as_completed
+
+    return as_completed(futures, loop=loop)
 
 
 def check_workers(client, out: Path, marker: Path) -> None:

@@ -2,8 +2,8 @@
 item 3): the era5-fengwu recipe with an ONNX forecaster (the case whose closure could not be
 pickled) builds byte-identical to a threaded and to a serial build; a worker process killed
 mid-build is replaced, or stops the build in one line that a re-run resumes exactly; a source
-failing in a worker names the shard's cycles and the URL; workers that cannot see ``--out`` are
-refused.
+failing in a worker names the shard's cycles and the URL; workers that cannot see ``--out`` and
+an unreachable scheduler are refused before anything is written.
 
 The ERA5 input is a stand-in (a WeatherBench2-layout store made from real ERA-Interim monthly
 means, as in test_fengwu_recipe.py), the forecaster a tiny ONNX model with FengWu's contract: the
@@ -167,7 +167,9 @@ def test_cluster_threads_and_serial_builds_are_byte_identical(
 ):
     threaded = build(config_path, tmp_path / "threads", workers=2, verbose=False)
     assert tree_digest(threaded) == serial
-    out = build(config_path, tmp_path / "cluster", scheduler=cluster.scheduler_address, verbose=False)
+    out = build(
+        config_path, tmp_path / "cluster", scheduler=cluster.scheduler_address, verbose=False
+    )
     assert tree_digest(out) == serial
     assert "era5-fengwu.zarr/background/c/1/0/0/0" in serial  # both shards of the forecast
     assert "era5-fengwu.zarr/background/c/2/0/0/0" not in serial
@@ -203,7 +205,9 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_build_completes(
 ):
     before = worker_pids(cluster)
     monkeypatch.setattr(shards, "run_shard", dies_on_its_first_attempt)
-    out = build(config_path, tmp_path / "cluster", scheduler=cluster.scheduler_address, verbose=False)
+    out = build(
+        config_path, tmp_path / "cluster", scheduler=cluster.scheduler_address, verbose=False
+    )
     assert tree_digest(out) == serial
     assert before - worker_pids(cluster)  # a worker process died and was replaced
 
@@ -275,7 +279,15 @@ def test_workers_that_cannot_see_out_are_refused_before_any_shard(
     with pytest.raises(DambenchBuildError, match="--out must be on a filesystem every") as caught:
         build(config_path, out, scheduler=cluster.scheduler_address, verbose=False)
     assert f"do not see the output folder {out}" in str(caught.value)
-    assert not list((out / ".dambench-build" / "shards").iterdir())
+    assert not out.exists()  # refused before anything was written
+
+
+def test_an_unreachable_scheduler_is_named(config_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "CONNECT_TIMEOUT_S", 1)
+    out = tmp_path / "cluster"
+    with pytest.raises(DambenchBuildError, match="connect to the dask scheduler at tcp://127.0"):
+        build(config_path, out, scheduler="tcp://127.0.0.1:9", verbose=False)
+    assert not out.exists()
 
 
 def test_the_worker_check_sees_what_is_there(tmp_path):
