@@ -533,3 +533,78 @@ def fit_background_error(
         max_distance_km=float(max_distance_km),
         empirical={"distance_km": distance, "correlation": corrs, "weight": weight},
     )
+
+
+# --- the background error of blocks: a coarsened, less correlated background term -------------
+
+
+def _check_block(block: int, n_lon: int) -> None:
+    """Refuse a block that is not a positive integer dividing the longitudes."""
+    if int(block) != block or block < 1 or n_lon % block:
+        raise DambenchInputError(
+            f"background_block must be a positive integer dividing the {n_lon} longitudes; "
+            f"got {block}. Use 1 (no coarsening) or a divisor of {n_lon}, e.g. 8 for 240."
+        )
+
+
+def block_counts(n_lat: int, n_lon: int, block: int) -> torch.Tensor:
+    """Grid cells in each ``block x block`` block, (ceil(n_lat / block), n_lon / block): the
+    last row of blocks holds the ``n_lat % block`` leftover rows when ``block`` does not divide
+    ``n_lat``."""
+    _check_block(block, n_lon)
+    rows = torch.full((-(-n_lat // block),), float(block))
+    if n_lat % block:
+        rows[-1] = float(n_lat % block)
+    return rows[:, None] * torch.full((n_lon // block,), float(block))[None, :]
+
+
+def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Means of ``x`` (..., H, W) over ``block x block`` blocks of cells, (..., ceil(H / block),
+    W / block) (differentiable; the last block row averages only the rows it holds).
+
+    The coarsening operator of SDA's background term: background errors correlated over a few
+    cells stay correlated within a block and mostly average out between blocks.
+    """
+    if block == 1:
+        return x
+    height, width = x.shape[-2:]
+    counts = block_counts(height, width, block).to(x)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, (-height) % block))  # (..., H', W)
+    lead = padded.shape[:-2]
+    blocks = padded.reshape(*lead, -1, block, width // block, block)  # (..., h, b, w, b)
+    return blocks.sum(dim=(-3, -1)) / counts
+
+
+def block_curvature(n_lat: int, n_lon: int, block: int) -> torch.Tensor:
+    """Row sums of ``A^T A`` for ``A`` = :func:`block_mean`, on the fine grid (n_lat, n_lon):
+    ``1 / count`` of each cell's block (the curvature a unit-std block term puts on a cell
+    along its block's mean)."""
+    counts = block_counts(n_lat, n_lon, block)
+    fine = counts.repeat_interleave(block, dim=0)[:n_lat].repeat_interleave(block, dim=1)
+    return 1.0 / fine
+
+
+def block_error_std(
+    dataset: xr.Dataset, stats: xr.Dataset, block: int, *, chunk: int = 8
+) -> np.ndarray:
+    """Per-channel RMS of the block means of the normalised background error, (C,).
+
+    ``(x_b - x*) / std`` (:func:`normalised_errors`) averaged over ``block x block`` blocks
+    (:func:`block_mean`); the plain mean of its square over every cycle and block.
+    """
+    channels = check_train_split(dataset, "block_error_std")
+    std = channel_std(stats, channels)
+    _check_block(block, dataset.sizes[schema.LONGITUDE])
+    times = np.arange(dataset.sizes[schema.TIME])
+    total, count = np.zeros(len(channels)), 0
+    for errors in normalised_errors(dataset, std, times, chunk, desc="block errors"):
+        means = block_mean(torch.from_numpy(errors), block).numpy()  # (T, C, h, w)
+        total += np.square(means).sum(axis=(0, 2, 3))
+        count += means.shape[0] * means.shape[2] * means.shape[3]
+    values = np.sqrt(total / count)
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise DambenchInputError(
+            f"Block background-error std must be finite and > 0 per channel; got "
+            f"{values.tolist()} (NaN in background/target, or a background equal to the target)."
+        )
+    return values
