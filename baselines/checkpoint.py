@@ -30,6 +30,10 @@ tensors (readable with ``weights_only=True``):
 ``init_from``
     (runs started from another checkpoint, ``model.init_from``) its path, model, epoch and
     dataset digest (and its kind).
+``content_sha256``
+    The sha256 of everything else (:func:`content_digest`: every tensor's bytes, every value),
+    recomputed on load: a checkpoint whose bytes changed after it was saved is refused (one
+    flipped byte can change a weight by orders of magnitude and still load).
 
 :func:`model_from_checkpoint` rebuilds a model and refuses data whose channels differ from the
 checkpoint's; :func:`checkpoint_metadata` gives the provenance for results files;
@@ -43,6 +47,7 @@ import hashlib
 import json
 import os
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,7 @@ from dambench.exceptions import DambenchError, DambenchInputError
 
 FORMAT_VERSION = 1
 _REQUIRED = ("model", "config", "model_name", "dataset", "normalization")
+DIGEST_KEY = "content_sha256"
 
 
 class CheckpointError(DambenchError, ValueError):
@@ -210,16 +216,70 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # --- writing and reading -----------------------------------------------------------------------
 
 
+def content_digest(state: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint dict's content, :data:`DIGEST_KEY` left out: each tensor's dtype,
+    shape and bytes and each other value's type and ``repr``, mapping keys in sorted order, so
+    that the dict saved and the dict loaded back give the same digest."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def _feed(digest, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {flat.dtype} {tuple(value.shape)};".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(f"{key!r}:".encode())
+            _feed(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` atomically (a temporary file, then a rename) to ``path``."""
+    """Write ``payload`` with its :func:`content_digest` atomically (a temporary file, then a
+    rename) to ``path``."""
     path = Path(path)
     missing = [key for key in _REQUIRED if key not in payload]
     if missing:
         raise CheckpointError(f"A checkpoint needs the keys {list(_REQUIRED)}; missing {missing}.")
+    state = {**payload, "format_version": FORMAT_VERSION}
+    state[DIGEST_KEY] = content_digest(state)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({**payload, "format_version": FORMAT_VERSION}, tmp)
+    torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def _check_digest(path: Path, state: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose content differs from the digest recorded at save; warn about
+    one saved before digests were recorded."""
+    recorded = state.get(DIGEST_KEY)
+    if recorded is None:
+        warnings.warn(
+            f"{path} records no {DIGEST_KEY} (saved before checkpoints carried one): its "
+            "integrity cannot be checked. Save it again with baselines.checkpoint."
+            "save_checkpoint to record one.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    found = content_digest(state)
+    if found != recorded:
+        raise CheckpointError(
+            f"{path} is damaged: its content has sha256 {found[:16]}... but {recorded[:16]}... "
+            "was recorded when it was saved (a changed byte alters a weight silently). Restore "
+            "the file from a copy or train again."
+        )
 
 
 def load_checkpoint(
@@ -235,9 +295,14 @@ def load_checkpoint(
     FileNotFoundError
         When there is no file at ``path``.
     CheckpointError
-        When the file is unreadable (truncated, not a torch file) or not a dambench training
-        checkpoint (e.g. written by an older ``train.py`` without channel names); the message
-        names the file.
+        When the file is unreadable (truncated, not a torch file), not a dambench training
+        checkpoint (e.g. written by an older ``train.py`` without channel names) or its content
+        differs from the :data:`DIGEST_KEY` recorded at save; the message names the file.
+
+    Warns
+    -----
+    UserWarning
+        A checkpoint saved before digests were recorded (loaded unchecked).
     """
     path = Path(path)
     if not path.is_file():
@@ -256,6 +321,7 @@ def load_checkpoint(
             "checkpoints from before channel names were recorded cannot be checked against "
             "the data: retrain with baselines/train.py."
         )
+    _check_digest(path, state)
     return state
 
 

@@ -2,7 +2,10 @@
 
 The digest of a build folder is the sha256 of its ``manifest.json`` (which lists the sha256 of
 every file), so two scores share a digest exactly when they were computed on byte-identical
-datasets. A store without a manifest gets a weaker ``metadata`` digest of its attributes, times
+datasets. It attests what was read: every open (:func:`dambench.load.check_folder`) hashes the
+files it reads whole, the Zarr metadata with the normalisation statistics, ``stats.json`` and the
+coordinates, against the manifest and refuses a folder where one differs; the data chunks are
+read through their crc32c. A store without a manifest gets a weaker ``metadata`` digest of its attributes, times
 and channels, labelled as such. Paired comparisons refuse results whose digests, splits or cycles
 differ.
 """

@@ -139,17 +139,17 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def _check_precision(dtypes: dict[str, np.dtype]) -> None:
-    """Refuse float16 channels whose plausible values float16 cannot hold (msl in Pa is
-    infinite in float16 by construction)."""
+    """Refuse float16 channels whose typical values (the middle of their plausible range)
+    float16 cannot hold: msl in Pa, geopotential at 400 hPa and above (Inf by construction)."""
     for channel, dtype in dtypes.items():
-        low, high = schema.PHYSICAL_RANGE[channel]
-        if dtype == np.float16 and max(abs(low), abs(high)) > FLOAT16_MAX:
+        typical = float(np.mean(schema.PHYSICAL_RANGE[channel]))
+        if dtype == np.float16 and abs(typical) > FLOAT16_MAX:
             units = schema.channel_units(channel)
             raise DambenchSchemaError(
                 f"The predictions hold {channel} as float16, which cannot hold {channel} in "
-                f"{units}: its values reach {high:.6g} {units} and float16's largest finite "
-                f"value is {FLOAT16_MAX:.0f} (larger values are Inf). Write the predictions as "
-                "float32."
+                f"{units}: its values are about {typical:.6g} {units} and float16's largest "
+                f"finite value is {FLOAT16_MAX:.0f} (larger values are Inf). Write the "
+                "predictions as float32."
             )
 
 
