@@ -22,7 +22,8 @@ from baselines.checkpoint import load_checkpoint, model_from_checkpoint
 from baselines.config import load_run_config
 from baselines.interface import DABatch
 from baselines.layers.conv import count_parameters
-from baselines.layers.diffusion import SamplerDivergedError, background_error_std
+from baselines.layers.covariance import block_error_std
+from baselines.layers.diffusion import SamplerDivergedError
 from baselines.models.sda import SDA
 from baselines.registry import create_model, model_info
 from dambench import schema
@@ -76,25 +77,26 @@ def test_full_size_is_the_paper_unet():
 
 def test_context_mode_feeds_the_background_to_the_network(make_batch):
     torch.manual_seed(0)
-    model = create_model("sda_tiny", background="context")
+    model = create_model("sda_cond_tiny")
     batch = make_batch(batch=2)
     assert model.unet.in_chans == 8 and len(model.observation_terms(batch)) == 1
     model.loss(batch).loss.backward()
     assert model.analyse(batch, members=2).members.shape == (2, 2, 4, 25, 48)
     with pytest.raises(DambenchInputError, match="background='prior'"):
         create_model("sda_tiny", background="prior")
+    with pytest.raises(DambenchInputError, match="another method: use sda_cond_"):
+        create_model("sda_tiny", background="context")
+    with pytest.raises(DambenchInputError, match=r"another method: use sda_\* \(SDA\)"):
+        create_model("sda_cond_tiny", background="guidance")
 
 
 def test_the_multi_modal_adapter_conditions_the_context_mode_only(make_batch):
-    """multi_sda builds its host with background="context" and adds the adapter's context to
-    the score network's context channels; the guidance mode (no context channels) is refused
-    with the fix named."""
+    """Multi-SDA's host is the conditional model (multi_sda_cond_*): the adapter's context is
+    added to the score network's context channels; zero-shot SDA hosts no adapter."""
     from baselines.models.multi import adapter_of
-    from baselines.registry import variant_defaults
 
-    assert variant_defaults("multi_sda_small")["background"] == "context"
     torch.manual_seed(0)
-    multi = create_model("multi_sda_tiny", modalities=["olr"])
+    multi = create_model("multi_sda_cond_tiny", modalities=["olr"])
     assert multi.background == "context" and adapter_of(multi).slot_channels == (4,)
     batch = make_batch(batch=2)
     olr = DABatch(**{**batch.__dict__, "modalities": torch.randn(2, 1, 25, 48),
@@ -104,8 +106,10 @@ def test_the_multi_modal_adapter_conditions_the_context_mode_only(make_batch):
     conditioned = multi.conditioning(olr)
     assert torch.equal(conditioned[0], batch.background[0])  # ... and no tokens: the same
     assert not torch.allclose(conditioned[1], batch.background[1])
-    with pytest.raises(DambenchInputError, match="background='context'.*Leave model.kwargs"):
-        create_model("multi_sda_tiny", background="guidance")
+    with pytest.raises(DambenchInputError, match="sda_tiny' declares no adapter entry"):
+        create_model("multi_sda_tiny")
+    with pytest.raises(DambenchInputError, match="use multi_sda_cond_"):
+        create_model("sda_tiny").adapter_slots()
 
 
 def test_members_default_reproducibility_and_member_batches(make_batch):
@@ -141,7 +145,7 @@ def test_input_checks_name_the_problem(make_batch):
 
 def test_fit_measures_sigma_b_and_sigma_o_on_the_train_split(make_batch, train_split):
     ds, stats = train_split(**SPLIT)
-    model = create_model("sda_small")
+    model = create_model("sda_small", background_block=1)
     assert not model.fitted
     with pytest.raises(DambenchInputError, match="not fitted: call fit"):
         model.analyse(make_batch(grid=(13, 24)))
@@ -167,7 +171,7 @@ def test_untrained_analysis_is_the_per_pixel_gaussian_posterior():
     torch.manual_seed(0)
     sigma_b, sigma_o = 0.5, 0.3
     model = create_model("sda_tiny", steps=32, background_std=sigma_b, observation_std=sigma_o,
-                         members=24, member_batch=24)  # fmt: skip
+                         members=24, member_batch=24, background_block=1)  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     background = torch.randn(1, 4, 9, 16, generator=gen)
     mask = (torch.rand(1, 4, 9, 16, generator=gen) < 0.3).float()
@@ -187,14 +191,15 @@ def test_untrained_analysis_is_the_per_pixel_gaussian_posterior():
     no_background = (observation / sigma_o**2) / (1 + mask / sigma_o**2)
     assert float((analysis.mean - no_background).square().mean().sqrt()) > 3 * MEAN_TOLERANCE
     # a tight background pins the analysis to it
-    tight = create_model("sda_tiny", steps=32, background_std=0.05, observation_std=sigma_o)
+    tight = create_model("sda_tiny", steps=32, background_std=0.05, observation_std=sigma_o,
+                         background_block=1)  # fmt: skip
     pinned = tight.analyse(batch, members=4, seed=0).mean
     assert float((pinned - background).square().mean()) < 0.01
 
 
 def test_too_few_steps_for_the_observation_error_is_refused(make_batch):
     model = create_model("sda_tiny", steps=4, gamma=1e-3, observation_std=0.02,
-                         observation_std_floor=0.01)  # fmt: skip
+                         observation_std_floor=0.01, corrector="langevin")  # fmt: skip
     with pytest.raises(SamplerDivergedError, match="diverged"):
         model.analyse(make_batch(batch=2), members=2)
 
@@ -261,7 +266,7 @@ def test_ema_weights_are_what_evaluation_uses_and_fit_travels(tmp_path):
     from dambench.load import ensure_embedded, open_dataset, stats_from_attrs
 
     ds = open_dataset(ensure_embedded(), split="train")
-    expected = background_error_std(ds, stats_from_attrs(ds))
+    expected = block_error_std(ds, stats_from_attrs(ds), model.background_block)
     np.testing.assert_allclose(model.background_std.numpy(), expected, rtol=1e-6)
     assert model.fitted and model.observation_std.shape == (4,)
 
@@ -270,3 +275,58 @@ def test_ema_weights_are_what_evaluation_uses_and_fit_travels(tmp_path):
 def test_configs_load_and_build(size, config_model):
     cfg, model = config_model(f"sda_{size}")
     assert cfg.train.ema_decay is not None and isinstance(model, SDA)
+
+
+# --- the background term with correlated errors ---------------------------------------------------
+
+
+def _spread_skill(prior: torch.Tensor, rows: torch.Tensor, std: float, errors: torch.Tensor,
+                  observed: torch.Tensor, sigma_o: float) -> float:  # fmt: skip
+    """Closed-form spread/skill of the posterior N(0, prior) x N(A x_b; A x, std**2) x
+    N(y; x_obs, sigma_o**2) when the true background errors have covariance ``errors``:
+    sqrt(tr P) / sqrt(E ||mean - x||**2), with mean - x = P (-prior^-1 x + A^T e_A / std**2 +
+    H^T e_o / sigma_o**2)."""
+    n = prior.shape[0]
+    h = torch.eye(n, dtype=torch.float64)[observed]
+    inverse = torch.linalg.inv(prior)
+    gain = rows.T @ rows / std**2
+    posterior = torch.linalg.inv(inverse + gain + h.T @ h / sigma_o**2)
+    error = inverse + gain @ errors @ gain + h.T @ h / sigma_o**2
+    return float((posterior.trace() / (posterior @ error @ posterior).trace()).sqrt())
+
+
+def test_block_background_term_is_calibrated_for_correlated_errors():
+    """A smooth prior and background errors correlated over 3 cells (SOAR): the paper's
+    per-cell term is over-confident (spread/skill 0.30), the 8 x 8 block term is not (0.99)."""
+    height, width = 16, 32
+    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    i, j = i.reshape(-1).double(), j.reshape(-1).double()
+    dj = (j[:, None] - j[None, :]).abs()
+    distance = torch.hypot(i[:, None] - i[None, :], torch.minimum(dj, width - dj))
+    n = height * width
+    prior = torch.exp(-0.5 * (distance / 4.0) ** 2) + 1e-3 * torch.eye(n, dtype=torch.float64)
+    errors = 0.25 * (1 + distance / 3.0) * torch.exp(-distance / 3.0)  # sigma_b = 0.5
+    observed = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: n // 20]
+    ratios = {}
+    for block in (1, 8):
+        model = create_model("sda_tiny", in_chans=1, background_block=block)
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, height, width)
+        term = model.background_term(torch.zeros(1, 1, height, width, dtype=torch.float64))
+        rows = (basis if term.operator is None else term.operator(basis)).reshape(n, -1).T
+        std = float((rows @ errors @ rows.T).diagonal().mean().sqrt())  # what fit() measures
+        ratios[block] = _spread_skill(prior, rows, std, errors, observed, 0.3)
+    assert ratios[1] < 0.5, ratios  # measured 0.30
+    assert 0.85 < ratios[8] < 1.15, ratios  # measured 0.99
+
+
+def test_fit_measures_sigma_b_on_block_means(train_split):
+    ds, stats = train_split(**SPLIT)
+    model = create_model("sda_small").fit(ds, stats)
+    assert model.background_block == 8
+    error = torch.from_numpy((ds.background - ds.target).values / stats["std"].values[:, None, None])
+    from baselines.layers.covariance import block_mean
+
+    expected = block_mean(error, 8).square().mean(dim=(0, 2, 3)).sqrt()
+    np.testing.assert_allclose(model.background_std.numpy(), expected.numpy(), rtol=1e-5)
+    with pytest.raises(DambenchInputError, match="background_block must be a positive integer"):
+        create_model("sda_small", background_block=7).fit(ds, stats)
