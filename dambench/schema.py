@@ -214,8 +214,10 @@ _STANDARD_HEIGHT_M = {
 }
 # Geopotential height (m) of each level in the ICAO Standard Atmosphere (ISO 2533:1975).
 _HEIGHT_MARGIN_M = 3_000.0
+_HEIGHT_MARGIN_FRACTION = 0.3
 # Observed ERA5 heights stay within about 2 km of the standard atmosphere (a deep polar-night
-# vortex at 50 hPa, a record low at 1000 hPa); 3 km is generous.
+# vortex at 50 hPa, a record low at 1000 hPa); 3 km, or 30 % of the height aloft, is generous,
+# and still far from a height in metres labelled m2 s-2 (a factor 9.8 lower).
 
 _VARIABLE_RANGE = {
     "u10": (-150.0, 150.0),  # m s-1; the strongest jets stay under about 110 m s-1
@@ -235,9 +237,10 @@ def _channel_range(name: str) -> tuple[float, float]:
     variable = CHANNEL_VARIABLE[name]
     if variable == "z":
         height = _STANDARD_HEIGHT_M[CHANNEL_LEVEL[name]]
+        margin = max(_HEIGHT_MARGIN_M, _HEIGHT_MARGIN_FRACTION * height)
         return (
-            STANDARD_GRAVITY_M_S2 * (height - _HEIGHT_MARGIN_M),
-            STANDARD_GRAVITY_M_S2 * (height + _HEIGHT_MARGIN_M),
+            STANDARD_GRAVITY_M_S2 * (height - margin),
+            STANDARD_GRAVITY_M_S2 * (height + margin),
         )
     return _VARIABLE_RANGE[variable]
 
@@ -245,8 +248,8 @@ def _channel_range(name: str) -> tuple[float, float]:
 PHYSICAL_RANGE = MappingProxyType({name: _channel_range(name) for name in CHANNELS})
 """Channel -> (lowest, highest) plausible value in the channel's units: generous physical bounds,
 far outside any analysis, that a field in other units falls out of (t2m in degrees Celsius,
-msl in hPa, q in g kg-1, z as geopotential height in metres). Scoring refuses predictions
-outside them."""
+msl in hPa, q in g kg-1, z as geopotential height in metres; geopotential within 3 km, or 30 %
+aloft, of each level's standard-atmosphere height). Scoring refuses predictions outside them."""
 
 
 # --- modalities --------------------------------------------------------------------------------
