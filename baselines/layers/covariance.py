@@ -19,6 +19,9 @@ What is here
     - :func:`fit_background_error`: per-channel ``sigma_b`` and length scale from error fields;
     - observation errors: :func:`observation_noise_of` (the noise recorded in a built dataset,
       refused loudly when unreadable) and :func:`normalised_observation_error_std`;
+    - the block-mean coarsening of SDA's background term: :func:`block_mean`,
+      :func:`block_counts`, :func:`block_curvature` (its Gershgorin curvature per cell) and
+      :func:`block_error_std` (the block-mean error's std on the train split);
     - what every fit reads: :func:`check_train_split` (the train split only),
       :func:`channel_std`, :func:`cycle_indices` and :func:`normalised_errors` (``x_b - x*``
       over ``std``, streamed by chunks of cycles).

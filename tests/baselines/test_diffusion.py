@@ -172,8 +172,9 @@ def test_guided_eps_matches_the_analytic_gradient():
 def test_guided_samples_match_the_closed_form_posterior_at_default_settings():
     problem = GaussianProblem(sigma_y=0.1)
     samples = problem.draw(1000, SamplerSettings())  # 256 steps, 1 corrector, tau 0.5, gamma 1e-2
-    # Measured 0.060 (sampling noise alone ~0.03); the prior mean would give 1.0 and the
-    # predictor without corrector 0.24.
+    # A smooth prior (not N(0, 1)): the preconditioner's N(0, 1) variance is only a cap.
+    # Measured 0.043 (the paper's corrector 0.060; sampling noise alone ~0.03); the prior mean
+    # would give 1.0 and the predictor without corrector 0.24.
     assert _mean_error(problem, samples) < 0.1
     ratio = samples.double().var(0) / problem.post_cov.diagonal()
     # Per-point variance ratio: sampling error sqrt(2/1000) = 0.045 per point, 32 points.
@@ -254,8 +255,47 @@ def test_divergence_is_refused_loudly():
 def test_sampler_settings_are_validated_and_count_evaluations():
     assert SamplerSettings().network_evaluations() == 512
     assert SamplerSettings(steps=32, corrections=0).network_evaluations() == 32
+    assert SamplerSettings().corrector == "preconditioned"
     with pytest.raises(DambenchInputError, match="steps >= 1"):
         SamplerSettings(steps=0)
+    with pytest.raises(DambenchInputError, match="choose from"):
+        SamplerSettings(corrector="euler")
+    with pytest.raises(DambenchInputError, match="needs 0 < tau < 2"):
+        SamplerSettings(tau=2.5)
+    SamplerSettings(tau=2.5, corrector="langevin")  # the paper's SNR has no upper bound
+
+
+def test_the_paper_corrector_stays_selectable_and_matches_at_its_settings():
+    problem = GaussianProblem(sigma_y=0.1)
+    samples = problem.draw(1000, SamplerSettings(corrector="langevin"))
+    assert _mean_error(problem, samples) < 0.1  # measured 0.060
+
+
+def test_term_precision_is_the_diagonal_curvature_bound():
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    term = GaussianObservation(torch.zeros(1, 3), 0.5, mask)
+    like, extra = torch.zeros(2, 3), torch.tensor([0.0, 0.75])
+    torch.testing.assert_close(term.precision(like, extra), torch.tensor([[4.0, 0, 4], [1, 0, 1]]))
+    pooled = GaussianObservation(torch.zeros(1, 1), 0.5, operator=lambda x: x.mean(-1, True))
+    assert torch.equal(pooled.precision(like, extra), torch.zeros(2, 3))  # unknown: nothing
+    known = GaussianObservation(torch.zeros(1, 1), 0.5, operator=lambda x: x.mean(-1, True),
+                                curvature=1 / 3)  # fmt: skip
+    torch.testing.assert_close(known.precision(like, extra)[0], torch.full((3,), 4 / 3))
+    assert known.repeat(2).curvature == 1 / 3
+
+
+def test_normalised_innovations_per_channel():
+    from baselines.layers.diffusion import normalised_innovations
+
+    observation = torch.zeros(1, 2, 1, 4)
+    mask = torch.tensor([[[[1.0, 1, 0, 0]], [[0.0, 0, 0, 0]]]])
+    members = torch.zeros(1, 2, 2, 1, 4)
+    members[0, 0, 0, 0] = torch.tensor([0.6, 0.0, 9.0, 9.0])  # unobserved 9s do not count
+    members[0, 1, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    out = normalised_innovations(members, observation, mask, torch.tensor([0.1, 1.0]))
+    assert out["rms"][0] == pytest.approx(3.0)  # sqrt((36 + 0 + 0 + 0) / 4)
+    assert out["beyond_5"][0] == pytest.approx(0.25) and out["count"] == [2.0, 0.0]
+    assert math.isnan(out["rms"][1])
 
 
 # --- the UNet ------------------------------------------------------------------------------------
