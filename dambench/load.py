@@ -396,6 +396,12 @@ def load_rows(
     except Exception as err:
         if is_network_error(err):
             raise _hub_error(root, f"{type(err).__name__}: {err}") from err
+        if _is_checksum_failure(err):
+            inner = _innermost(err)
+            raise DambenchIntegrityError(
+                f"A Parquet page checksum failed reading {root} ({type(inner).__name__}: "
+                f"{inner}). Run `dambench verify {root}` to name the damaged file."
+            ) from err
         raise
 
 

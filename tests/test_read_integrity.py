@@ -159,3 +159,21 @@ def test_intact_reads_are_unchanged(folder, predictions):
     block = read_block(ds, "target", {"time": ds.time.values[:2]})
     xr.testing.assert_identical(block, ds["target"].isel(time=slice(0, 2)).load())
     assert evaluate_predictions(predictions, folder, n_resamples=20, figure_channel=None).summary
+
+
+def test_a_parquet_checksum_failure_from_the_hub_is_one_error_with_the_remedy(monkeypatch):
+    import datasets
+
+    from dambench import load
+
+    def damaged(*args, **kwargs):
+        try:
+            raise OSError("could not verify page integrity, CRC checksum verification failed")
+        except OSError as err:
+            raise datasets.exceptions.DatasetGenerationError("An error occurred") from err
+
+    monkeypatch.setattr(load, "guard_hub", lambda location: None)
+    monkeypatch.setattr(datasets, "load_dataset", damaged)
+    pattern = r"failed reading hf://datasets/dambench/era5-fengwu.*OSError.*dambench verify"
+    with pytest.raises(DambenchIntegrityError, match=pattern):
+        load_rows("era5-fengwu", split="train")
