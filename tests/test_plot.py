@@ -161,6 +161,25 @@ def test_spectra_figure_has_units_titles_and_the_band_mean(cycle, no_cartopy, tm
     np.testing.assert_allclose(y, expected, rtol=1e-10)
 
 
+def test_spectra_averaged_cycle_by_cycle_equal_the_band_mean_over_all_cycles(no_cartopy):
+    """The evaluation's spectra: the mean over cycles of each cycle's band spectrum (one cycle
+    in memory) equals the band mean of all cycles at once, and is what the figure plots."""
+    ds = mock_triplet(3, ["u10", "t2m"], seed=5)
+    field = ds["target"].sel(channel="t2m")
+    at_once = plot.band_spectrum(field)
+    cycle_by_cycle = sum(plot.band_spectrum(field.isel(time=t)) for t in range(3)) / 3
+    np.testing.assert_allclose(cycle_by_cycle.values, at_once.values, rtol=1e-12)
+    assert at_once.attrs["units"] == "m (K)^2" and at_once.attrs["n_longitude"] == 240
+    fig = plot.plot_spectrum_curves(
+        {"target": at_once}, channel="t2m", model="m", when="mean over 3 cycles"
+    )
+    (ax,) = fig.axes
+    x, y = ax.get_lines()[0].get_data()
+    np.testing.assert_array_equal(x, np.arange(1, 120))  # the even grid's Nyquist bin left out
+    np.testing.assert_allclose(y, at_once.values[1:-1])
+    assert "mean over 3 cycles" in ax.get_title() and ax.get_ylabel().endswith("[m (K)^2]")
+
+
 def test_spectra_refuse_what_they_cannot_plot(cycle):
     target, background, _, observation = cycle
     with pytest.raises(DambenchInputError, match="NaN"):

@@ -151,3 +151,47 @@ def test_period_labels_months_and_seasons():
         period_labels(field.time, by="week")
     with pytest.raises(DambenchInputError, match="needs datetimes"):
         period_labels(np.arange(3.0))
+
+
+def _stand_in_mask(lat=LAT, lon=LON) -> xr.DataArray:
+    """A stand-in land fraction (not real geography): land east of 180 E, a fraction ramp
+    near the equator."""
+    fraction = np.broadcast_to((lon >= 180.0).astype(np.float64), (lat.size, lon.size)).copy()
+    fraction[np.abs(lat) < 3] *= 0.4
+    return xr.DataArray(fraction, dims=("latitude", "longitude"), coords={"latitude": lat,
+                        "longitude": lon})  # fmt: skip
+
+
+def test_open_land_sea_mask_reads_netcdf_and_zarr_in_any_naming(tmp_path):
+    from dambench.regions import open_land_sea_mask
+
+    mask = _stand_in_mask()
+    ascending = mask.rename(latitude="lat", longitude="lon").sortby("lat").expand_dims(time=1)
+    ascending.to_dataset(name="lsm").to_netcdf(tmp_path / "lsm.nc")
+    mask.to_dataset(name="land_sea_mask").to_zarr(tmp_path / "lsm.zarr")
+    for path in (tmp_path / "lsm.nc", tmp_path / "lsm.zarr"):
+        read = open_land_sea_mask(path)
+        assert set(read.dims) == {"latitude", "longitude"}
+        weights = region_weights("land", LAT, LON, land_sea_mask=read)
+        np.testing.assert_array_equal(weights.values, (mask.values > 0.5).astype(float))
+    mask.to_dataset(name="elevation").assign(other=mask).to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(DambenchInputError, match="holds no land-sea mask variable: expected"):
+        open_land_sea_mask(tmp_path / "bad.nc")
+    (mask * 100).to_dataset(name="lsm").to_netcdf(tmp_path / "percent.nc")
+    with pytest.raises(DambenchInputError, match=r"land fraction in \[0, 1\].*found values in"):
+        open_land_sea_mask(tmp_path / "percent.nc")
+
+
+def test_a_mask_attached_to_a_region_serves_any_scorer():
+    from dambench.regions import with_land_sea_mask
+
+    mask = _stand_in_mask()
+    land, tropics = with_land_sea_mask([REGIONS["land"], REGIONS["tropics"]], mask)
+    assert land == REGIONS["land"] and hash(land) == hash(REGIONS["land"])  # same identity
+    assert tropics is REGIONS["tropics"]
+    np.testing.assert_array_equal(
+        region_weights(land, LAT, LON).values,
+        region_weights("land", LAT, LON, land_sea_mask=mask).values,
+    )
+    with pytest.raises(DambenchInputError, match="--land-sea-mask PATH"):
+        region_weights(REGIONS["sea"], LAT, LON)

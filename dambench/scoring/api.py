@@ -41,10 +41,16 @@ CONVENTIONS = {
     "mean/std, averaged over the channels scored; x100 in Table 3",
     "rmse": "per channel, cos-latitude weights of mean 1, RMSE per cycle then the mean over "
     "cycles, physical units",
+    "observation_space": "per channel: RMSE at observed and at unobserved points (where the "
+    "split's observation is finite or not), cos-latitude weighted; O-A mean and RMS over the "
+    "observed points, unweighted (O-B in the Background row); cycles without such points are "
+    "left out of n",
+    "comparisons": "made on the channels, regions and cycles both results scored, same dataset "
+    "digest and split (refused otherwise)",
     "spectral_reduction": "per_sample: SpecDiv/SpecRes per cycle and channel, then means "
     "(ChaosBench averages fields first: reduce='mean_field')",
-    "crps": "fair CRPS per grid point, unweighted grid mean (physical units per channel; "
-    "normalised and averaged over channels in the ensemble table)",
+    "crps": "fair CRPS per grid point, cos-latitude weighted grid mean (physical units per "
+    "channel; normalised and averaged over channels in the ensemble table)",
     "spread_skill": "sqrt((N+1)/N * mean ensemble variance / mean ensemble-mean MSE), "
     "cos-latitude weighted",
     "intervals": "95 % circular block bootstrap over cycles (data-driven block length, "

@@ -75,6 +75,8 @@ def cycle_statistics(
 def _analysis(method: Method, time, channels: Sequence[str], skipna: bool) -> np.ndarray:
     field = method.read(time).sel({schema.CHANNEL: list(channels)})
     values = np.asarray(field.values, dtype=np.float64)
+    if skipna:  # as the engine: every non-finite value is left out
+        values = np.where(np.isfinite(values), values, np.nan)
     if "member" in field.dims:
         axis = field.dims.index("member")
         values = np.nanmean(values, axis=axis) if skipna else values.mean(axis=axis)

@@ -245,3 +245,23 @@ def test_every_table_is_headed_by_dataset_digest_split_and_units(scored):
     assert "| four | msl | Pa |" in channels
     regions = (folder / "four" / "regions.md").read_text()
     assert "| four | tropics |" in regions and "RMSE msl" in regions
+
+
+def test_figures_show_the_increment_the_observations_and_spectra_over_all_cycles(
+    scored, sample_test
+):
+    from dambench.plot import band_spectrum
+    from dambench.scoring import open_predictions
+    from dambench.scoring.figures import maps_figure, mean_spectra, spectra_figure
+
+    _, folder = scored
+    predictions = open_predictions(folder / "four.zarr")
+    titles = [ax.get_title() for ax in maps_figure(sample_test, predictions, "four", "t2m").axes]
+    observed = int(sample_test["observation"].isel(time=-1).sel(channel="t2m").notnull().sum())
+    assert any(t.startswith("increment: four - background") for t in titles)
+    assert any(t.startswith(f"observations ({observed} points)") for t in titles)
+    spectra = mean_spectra(sample_test, predictions, "four", "t2m")
+    target = band_spectrum(sample_test["target"].sel(channel="t2m"))  # every cycle at once
+    np.testing.assert_allclose(spectra["target"].values, target.values, rtol=1e-10)
+    (ax,) = spectra_figure(sample_test, predictions, "four", "t2m").axes
+    assert "mean over 7 cycles" in ax.get_title()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from dambench.exceptions import DambenchInputError
 from dambench.scoring import PredictionWriter, compare, evaluate_predictions
@@ -72,11 +73,16 @@ def _fair_crps(members: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def test_fair_crps_equals_an_independent_computation(ensemble_report, sample_test):
+    """Per cycle the cos-latitude weighted mean (the weights of RMSE) of the pointwise fair
+    CRPS, then the mean over cycles."""
     report, members, _ = ensemble_report
     truth = sample_test["target"].values.astype(np.float64)
+    weights = np.clip(np.cos(np.deg2rad(sample_test.latitude.values)), 0, None)[:, None]
+    weights = np.broadcast_to(weights, truth.shape[-2:])
     for c, channel in enumerate(sample_test.channel.values):
         per_cycle = [
-            _fair_crps(members[0][t, :, c], truth[t, c]).mean() for t in range(truth.shape[0])
+            np.average(_fair_crps(members[0][t, :, c], truth[t, c]), weights=weights)
+            for t in range(truth.shape[0])
         ]
         row = _row(
             report.scores, model="toy-ensemble", seed=0, region="global", period="all",
@@ -170,3 +176,33 @@ def test_compare_refuses_results_of_other_data(ensemble_report):
         compare(report.summary, other)
     result = compare(report.summary, {**report.summary, "model": "Background"})
     assert result["difference"] < 0  # the toy ensemble mean beats the background
+
+
+def test_land_and_sea_regions_take_a_land_sea_mask_file(sample_folder, sample_test, tmp_path):
+    """``--land-sea-mask``: a stand-in mask (land east of 180 E, not real geography) in a
+    netCDF file; the land RMSE equals numpy's over the land points."""
+    from test_predictions import foreign_netcdf
+
+    lat, lon = sample_test.latitude.values, sample_test.longitude.values
+    land = np.broadcast_to((lon >= 180.0).astype(np.float64), (lat.size, lon.size))
+    mask = xr.Dataset({"lsm": (("lat", "lon"), land)}, coords={"lat": lat, "lon": lon})
+    mask.to_netcdf(tmp_path / "lsm.nc")
+    path = foreign_netcdf(sample_test, tmp_path / "bg.nc")
+    with pytest.raises(DambenchInputError, match="need a land-sea mask: pass --land-sea-mask"):
+        evaluate_predictions(path, sample_folder, regions=["land"], n_resamples=20)
+    report = evaluate_predictions(
+        path, sample_folder, regions=["global", "land", "sea"], land_sea_mask=tmp_path / "lsm.nc",
+        n_resamples=20, figure_channel=None, reference=False,
+    )  # fmt: skip
+    truth = sample_test["target"].sel(channel="t2m").values.astype(np.float64)
+    field = sample_test["background"].sel(channel="t2m").values.astype(np.float64)
+    cos = np.clip(np.cos(np.deg2rad(lat)), 0, None)[:, None] * land
+    expected = np.mean([np.sqrt(np.average((f - t) ** 2, weights=cos)) for f, t in
+                        zip(field, truth, strict=True)])  # fmt: skip
+    row = _row(report.scores, model="bg", seed=0, region="land", period="all", channel="t2m",
+               metric="rmse")  # fmt: skip
+    assert row["value"] == pytest.approx(expected, rel=1e-9)
+    assert report.summary["land_sea_mask"] == str(tmp_path / "lsm.nc")
+    assert "land = latitude in [-90, 90], all longitudes, land points only" in report.tables[
+        "regions.md"
+    ]
