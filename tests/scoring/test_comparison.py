@@ -265,3 +265,21 @@ def test_figures_show_the_increment_the_observations_and_spectra_over_all_cycles
     np.testing.assert_allclose(spectra["target"].values, target.values, rtol=1e-10)
     (ax,) = spectra_figure(sample_test, predictions, "four", "t2m").axes
     assert "mean over 7 cycles" in ax.get_title()
+
+
+def test_relative_improvement_is_made_on_the_common_channels(scored, sample_test):
+    """Table 4's Imp through dambench.scoring: identical t2m fields improve by 0 %, and an
+    analysis over the background by numpy's ratio on the channels both scored."""
+    from dambench.scoring.comparison import relative_improvement
+
+    reports, _ = scored
+    four, t2m = reports["four"].summary, reports["t2m-only"].summary
+    with pytest.warns(UserWarning, match="common channels t2m"):
+        same = relative_improvement(four, t2m)
+    assert same["value"] == pytest.approx(0.0, abs=1e-10) and same["channels"] == ["t2m"]
+    with pytest.warns(UserWarning):
+        better = relative_improvement(four, t2m, model_b="Background")
+    mine = _normalised_mse(sample_test, blended(sample_test), ["t2m"]).mean()
+    theirs = _normalised_mse(sample_test, sample_test["background"], ["t2m"]).mean()
+    assert better["value"] == pytest.approx(100 * (1 - mine / theirs), rel=1e-6)
+    assert better["ci"][0] > 0
