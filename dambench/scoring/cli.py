@@ -168,13 +168,24 @@ def add_leaderboard_parser(subparsers, parents=()) -> argparse.ArgumentParser:
 
 def run_leaderboard(args: argparse.Namespace) -> int:
     """Run ``dambench leaderboard``: print the table and notes, write the folder."""
-    from dambench.scoring.leaderboard import leaderboard, load_result, write_leaderboard
+    from dambench.scoring.leaderboard import (
+        leaderboard,
+        load_result,
+        load_scores,
+        observed_table,
+        write_leaderboard,
+    )
 
     results = [load_result(folder) for folder in args.results]
     board = leaderboard(
         results, reference=args.reference, column=args.column, n_resamples=args.bootstrap
     )
+    frames = [f for f in (load_scores(folder) for folder in args.results) if f is not None]
+    board.observed = observed_table(frames, board)
     print(board.markdown)
+    if board.observed:
+        print("\nAt observed and unobserved points:")
+        print(board.observed.split("\n\n", 1)[-1])
     written = write_leaderboard(board, args.out, overwrite=args.overwrite)
     print(f"\nWrote {', '.join(str(p) for p in written)}.")
     return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from dambench.exceptions import DambenchInputError
 from dambench.scoring.bootstrap import block_bootstrap
@@ -48,6 +49,7 @@ class Leaderboard:
     reference: str
     comparisons: list[dict] = field(default_factory=list)
     scorecard: list[dict] = field(default_factory=list)
+    observed: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -71,6 +73,38 @@ def load_result(folder: str | os.PathLike) -> dict:
         return json.loads(path.read_text())
     except ValueError as err:
         raise DambenchInputError(f"{path} is not valid JSON ({err}); evaluate again.") from err
+
+
+def load_scores(folder: str | os.PathLike) -> pd.DataFrame | None:
+    """The ``scores.parquet`` of an evaluation folder, or None when it has none."""
+    path = Path(folder) / "scores.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def observed_table(frames: Sequence[pd.DataFrame], board: Leaderboard) -> str | None:
+    """Scores at observed and unobserved points and O-A of every leaderboard row on the common
+    channels (each row from the first result that scored it), headed like the leaderboard;
+    None when no result recorded them."""
+    from dambench.scoring.report import OBSERVED_TABLE, format_channel_table
+
+    metrics = [metric for _, metric, _ in OBSERVED_TABLE]
+    chosen = [
+        f[f["metric"].isin(metrics) & (f["region"] == "global")].assign(source=k)
+        for k, f in enumerate(frames)
+    ]
+    stacked = pd.concat([f for f in chosen if not f.empty] or [pd.DataFrame()])
+    if stacked.empty:
+        return None
+    first = stacked.groupby("model")["source"].transform("min")
+    stacked = stacked[stacked["source"] == first]  # each row from the first result holding it
+    table = format_channel_table(stacked, board.common.channels, layout=OBSERVED_TABLE)
+    head = board.markdown.split("\n|", 1)[0].split("Units:")[0]
+    units = (
+        "physical units of each row. Observed points: where the split's observation is finite; "
+        "RMSE cos-latitude weighted; O-A mean and RMS over the observed points, unweighted (the "
+        f"{board.reference} row's O-A is O-B)."
+    )
+    return f"{head}Units: {units}\n\n{table}"
 
 
 def _rows(results: Sequence[dict], reference: str) -> tuple[list[Row], Row]:
@@ -246,6 +280,8 @@ def write_leaderboard(
     with ResultFolder(out, overwrite=overwrite, names=LEADERBOARD_NAMES) as folder:
         folder.write("leaderboard.md", (board.markdown + "\n").encode())
         folder.write("leaderboard.json", text.encode())
+        if board.observed:
+            folder.write("observed.md", (board.observed + "\n").encode())
         if board.scorecard:
             card = format_scorecard(board.scorecard, board.reference)
             folder.write("scorecard.md", (card + "\n").encode())

@@ -46,7 +46,13 @@ OUTPUT_NAMES = (
     "per_cycle_mse.png",
 )
 """Every file an evaluation may write into its ``out`` folder (the set replaced as a whole)."""
-LEADERBOARD_NAMES = ("leaderboard.md", "leaderboard.json", "scorecard.md", "scorecard.png")
+LEADERBOARD_NAMES = (
+    "leaderboard.md",
+    "leaderboard.json",
+    "observed.md",
+    "scorecard.md",
+    "scorecard.png",
+)
 """Every file ``dambench leaderboard`` writes into its ``out`` folder."""
 STAGING = ".dambench-staging-"
 PREVIOUS = ".dambench-previous-"

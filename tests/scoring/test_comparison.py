@@ -283,3 +283,14 @@ def test_relative_improvement_is_made_on_the_common_channels(scored, sample_test
     theirs = _normalised_mse(sample_test, sample_test["background"], ["t2m"]).mean()
     assert better["value"] == pytest.approx(100 * (1 - mine / theirs), rel=1e-6)
     assert better["ci"][0] > 0
+
+
+def test_leaderboard_observed_table_has_every_row_once(scored):
+    from dambench.scoring.leaderboard import load_scores, observed_table
+
+    reports, folder = scored
+    board = leaderboard([reports["four"].summary, reports["t2m-only"].summary], n_resamples=200)
+    table = observed_table([load_scores(folder / n) for n in ("four", "t2m-only")], board)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert sorted(r.split(" | ")[0][2:] for r in rows) == ["Background", "four", "t2m-only"]
+    assert all(" | t2m | K | " in r for r in rows) and table.startswith("Dataset era5-sample")
