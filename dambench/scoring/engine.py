@@ -4,9 +4,9 @@ For each cycle of the split the target is read once, each method's analysis is r
 cycle), and :func:`dambench.metrics.evaluate` gives the per-cycle scores of every channel in
 every region. Ensembles are scored on their member mean, plus the fair CRPS and the
 ensemble variance and ensemble-mean squared error behind the spread/skill ratio, all three
-cos-latitude weighted like RMSE. Before a block is scored, implausible values (outside
-:data:`dambench.schema.PHYSICAL_RANGE`) are refused, and so are NaN and Inf unless ``skipna``
-(which leaves every non-finite value out).
+cos-latitude weighted like RMSE. Before a block is scored, a field in other units (its median
+outside :data:`dambench.schema.PHYSICAL_RANGE`) is refused, and so are NaN and Inf unless
+``skipna`` (which leaves every non-finite value out).
 The result is a table of per-cycle values keyed by (method, seed, region, channel, metric), in
 cycle order, which :mod:`dambench.scoring.report` aggregates with block-bootstrap intervals.
 """
@@ -14,6 +14,7 @@ cycle order, which :mod:`dambench.scoring.report` aggregates with block-bootstra
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,11 +59,14 @@ class Method:
 @dataclass
 class CycleScores:
     """Per-cycle values: ``values[(method, seed, region, channel, metric)]`` is a list in cycle
-    order; ``times`` are the cycles; ``members`` maps method names to ensemble sizes."""
+    order; ``times`` are the cycles; ``members`` maps method names to ensemble sizes;
+    ``warnings`` are notes on what was scored as it is (values outside their channel's
+    plausible range), to be recorded with the scores."""
 
     times: list[np.datetime64] = field(default_factory=list)
     values: dict[tuple, list[float]] = field(default_factory=lambda: defaultdict(list))
     members: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def series(self, key: tuple) -> np.ndarray:
         return np.asarray(self.values[key], dtype=np.float64)
@@ -187,11 +191,15 @@ def _read_block(method: Method, block: np.ndarray, target: xr.DataArray) -> xr.D
     return xr.DataArray(values, dims=dims, coords=coords)
 
 
-def _checked(field_: xr.DataArray, method: str, skipna: bool) -> xr.DataArray:
-    """``field_`` refused when a finite value is implausible (:func:`check_range`) or, without
+def _checked(out: CycleScores, field_: xr.DataArray, method: str, skipna: bool) -> xr.DataArray:
+    """``field_`` refused when in other units than the schema's (:func:`check_range`; a note on
+    single implausible values goes to ``out.warnings`` and is issued as a warning) or, without
     ``skipna``, when a value is NaN or Inf; with ``skipna`` every non-finite value becomes NaN
     (left out of the scores)."""
-    check_range(field_, method)
+    note = check_range(field_, method)
+    if note is not None:
+        out.warnings.append(note)
+        warnings.warn(note, UserWarning, stacklevel=4)
     if not skipna:
         check_finite(field_, method)
         return field_
@@ -199,7 +207,7 @@ def _checked(field_: xr.DataArray, method: str, skipna: bool) -> xr.DataArray:
 
 
 def _score_method_block(out, method, block, target, stats, regions, weight_sets, skipna) -> None:
-    field_ = _checked(_read_block(method, block, target), method.name, skipna)
+    field_ = _checked(out, _read_block(method, block, target), method.name, skipna)
     members = field_ if "member" in field_.dims else None
     analysis = members.mean("member", skipna=skipna) if members is not None else field_
     for region in regions:

@@ -2,12 +2,16 @@
 physical range of their channel (:data:`dambench.schema.PHYSICAL_RANGE`).
 
 Both checks run on each block of cycles before it is scored, and their messages name the
-method, the cycle, the channel, the value found and what was expected. An out-of-range field is
-usually one in other units than its label says (t2m in degrees Celsius labelled K, msl in hPa
-labelled Pa): the message says which unit mistake would explain the value.
+method, the cycle, the channel, the value found and what was expected. A field whose median lies
+outside its channel's range is one in other units than its label says (t2m in degrees Celsius
+labelled K, msl in hPa labelled Pa): it is refused, and the message says which unit mistake
+would explain the value. Single values outside the range in a plausible field are scored, with
+a note.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -65,31 +69,61 @@ def unit_hint(channel: str, value: float) -> str:
     return ""
 
 
-def check_range(field_: xr.DataArray, method: str) -> None:
-    """Raise unless every finite value of each channel of ``field_`` lies in
-    :data:`dambench.schema.PHYSICAL_RANGE`; the message names the first offending cycle and
-    channel, the value found (the one farthest out) and the range expected."""
-    values = np.asarray(field_.values)
-    channel_axis = field_.dims.index(schema.CHANNEL)
-    channels = [str(c) for c in field_[schema.CHANNEL].values]
+def _by_channel(field_: xr.DataArray) -> tuple[np.ndarray, list[str]]:
+    """The values as ``(time, channel, point)`` (members are points too) and the channels."""
+    values = np.moveaxis(np.asarray(field_.values), field_.dims.index(schema.CHANNEL), 1)
+    return values.reshape(*values.shape[:2], -1), [str(c) for c in field_[schema.CHANNEL].values]
+
+
+def _bounds(channels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     bounds = np.array([schema.PHYSICAL_RANGE[c] for c in channels], dtype=np.float64)
-    shape = [1] * values.ndim
-    shape[channel_axis] = len(channels)
-    low, high = bounds[:, 0].reshape(shape), bounds[:, 1].reshape(shape)
+    return bounds[None, :, 0], bounds[None, :, 1]
+
+
+def check_range(field_: xr.DataArray, method: str) -> str | None:
+    """Refuse a field in other units than the schema's; return a note on outlying values.
+
+    A channel whose median over a cycle's points (and members) lies outside
+    :data:`dambench.schema.PHYSICAL_RANGE` is refused: the message names the cycle, the channel,
+    the median found, the range expected and the unit mistake that would explain it. Single
+    values outside the range in a plausible field (a diverged ensemble member, a spike) are
+    scored as they are; the returned note names the first of them (``None`` when there is none).
+    """
+    values, channels = _by_channel(field_)
+    low, high = _bounds(channels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN cycle has no median
+        median = np.nanmedian(np.where(np.isinf(values), np.nan, values), axis=-1)
+    wrong = (median < low) | (median > high)
+    if wrong.any():
+        t, c = np.argwhere(wrong)[0]
+        raise DambenchInputError(_unit_message(field_, method, t, channels[c], median[t, c]))
     with np.errstate(invalid="ignore"):
-        outside = np.isfinite(values) & ((values < low) | (values > high))
+        outside = np.isfinite(values) & ((values < low[..., None]) | (values > high[..., None]))
     if not outside.any():
-        return
-    t, *rest = np.unravel_index(int(np.flatnonzero(outside)[0]), values.shape)
-    c = rest[channel_axis - 1]
-    channel = channels[c]
-    one = np.take(values[t], c, axis=channel_axis - 1)
-    finite = one[np.isfinite(one)]
-    worst = float(finite.min() if finite.min() < bounds[c, 0] else finite.max())
+        return None
+    t, c, _ = np.argwhere(outside)[0]
+    return _outlier_note(field_, method, t, channels[c], values[t, c], int(outside.sum()))
+
+
+def _unit_message(field_, method: str, t: int, channel: str, median: float) -> str:
+    low, high = schema.PHYSICAL_RANGE[channel]
     units = schema.channel_units(channel)
-    raise DambenchInputError(
-        f"{method} holds {channel} = {worst:.6g} {units} at {_cycle_label(field_, t)}, outside "
-        f"the plausible range [{bounds[c, 0]:.6g}, {bounds[c, 1]:.6g}] {units}"
-        f"{unit_hint(channel, worst)}. Convert the predictions to the schema's units "
+    return (
+        f"{method} holds {channel} with median {median:.6g} {units} at "
+        f"{_cycle_label(field_, t)}, outside the plausible range [{low:.6g}, {high:.6g}] "
+        f"{units}{unit_hint(channel, median)}. Convert the predictions to the schema's units "
         "(dambench.schema.VARIABLES) before scoring."
+    )
+
+
+def _outlier_note(field_, method: str, t: int, channel: str, one: np.ndarray, n: int) -> str:
+    low, high = schema.PHYSICAL_RANGE[channel]
+    units = schema.channel_units(channel)
+    finite = one[np.isfinite(one)]
+    worst = float(finite.min() if finite.min() < low else finite.max())
+    return (
+        f"{method} holds {n} value(s) outside the plausible range of their channel in cycles "
+        f"from {_cycle_label(field_, t)}, first {channel} = {worst:.6g} {units} (range "
+        f"[{low:.6g}, {high:.6g}] {units}); they are scored as they are."
     )

@@ -60,7 +60,7 @@ def test_t2m_in_celsius_labelled_kelvin_is_refused_naming_cycle_value_and_range(
     data.to_netcdf(tmp_path / "celsius.nc")
     first = str(sample_test.time.values[0])[:16]
     pattern = (
-        rf"holds t2m = -?\d.* K at {first}, outside the plausible range \[150, 350\] K "
+        rf"holds t2m with median -?\d.* K at {first}, outside the plausible range \[150, 350\] K "
         r"\(t2m looks like degrees Celsius labelled K\)"
     )
     with pytest.raises(DambenchInputError, match=pattern):
@@ -170,12 +170,35 @@ def test_a_finite_1e30_does_not_overflow_the_squared_error(sample_test):
     assert np.isfinite(rmse(prediction, truth)).all()
 
 
-def test_a_finite_1e30_in_predictions_is_named_as_implausible(sample_folder, sample_test, tmp_path):
+def test_a_finite_1e30_in_predictions_is_scored_finite_with_a_note(
+    sample_folder, sample_test, tmp_path
+):
+    """Regression: a finite 1e30 overflowed the float32 squared error and was refused as
+    "NaN or inf"; one implausible value in a plausible field is now scored, with a note."""
     data = per_variable(sample_test)
     data["t2m"][0, 60, 10] = 1e30
     data.to_netcdf(tmp_path / "huge.nc")
-    with pytest.raises(DambenchInputError, match=r"t2m = 1e\+30 K .* outside the plausible"):
-        _score(tmp_path / "huge.nc", sample_folder)
+    when = str(sample_test.time.values[0])[:16]
+    note = rf"p holds 1 value\(s\) outside .* from {when}, first t2m = 1e\+30 K"
+    with pytest.warns(UserWarning, match=note):
+        report = _score(tmp_path / "huge.nc", sample_folder, name="p")
+    rmse_t2m = _value(report, "t2m", "rmse")
+    assert np.isfinite(rmse_t2m) and rmse_t2m > 1e26
+
+
+def test_scoring_records_notes_on_outlying_values(sample_test):
+    field = sample_test["background"].values.astype(np.float64)
+    field[1, 2, 5, 5] = 400.0  # one t2m value of 400 K
+    with pytest.warns(UserWarning, match="first t2m = 400 K"):
+        scores = score_cycles(
+            sample_test,
+            _methods(sample_test, field),
+            channels=[str(c) for c in sample_test.channel.values],
+            stats=stats_from_attrs(sample_test),
+            regions=[resolve_region("global")],
+        )
+    assert len(scores.warnings) == 1 and "1 value(s)" in scores.warnings[0]
+    assert np.isfinite(scores.series(("p", None, "global", "t2m", "rmse"))).all()
 
 
 def test_float16_msl_in_pa_is_refused(sample_test, tmp_path):
