@@ -1,6 +1,7 @@
 """Readers that turn ERA5, forecast, CPC gauge and OLR files into canonical objects."""
 
 from dambench.sources.align import AlignmentReport, align, daily_cycles, split_cycles
+from dambench.exceptions import DambenchRemoteError
 from dambench.sources.base import (
     DambenchSourceError,
     Source,
@@ -14,6 +15,7 @@ from dambench.sources.olr import olr_on_grid, read_olr
 
 __all__ = [
     "AlignmentReport",
+    "DambenchRemoteError",
     "DambenchSourceError",
     "Source",
     "align",
