@@ -147,8 +147,9 @@ def test_fit_trains_the_autoencoder_alone_and_the_loss_the_adapter_alone(train_s
     assert all(p.grad is None for p in frozen)
     assert all(p.grad is not None for p in adapter.parameters())
     with torch.no_grad():
-        clean = multi.decode(multi.clean_latent(batch)) - batch.target
-        da = multi.decode(multi.da_latent(batch)) - batch.target
+        field = multi.clean_field(batch)  # (x* - x_b) / sigma_b: the increment space
+        clean = multi.decode_field(multi.clean_latent(batch)) - field
+        da = multi.decode_field(multi.da_latent(batch)) - field
     expected = float(clean.square().mean() + da.square().mean())
     assert result.diagnostics["adapter_reconstruction"] == pytest.approx(expected, rel=1e-5)
 
@@ -165,7 +166,7 @@ def test_fit_trains_then_freezes_the_autoencoder_and_standardises_latents(train_
 
     def reconstruction() -> float:
         with torch.no_grad():
-            errors = [model.decode(model.clean_latent(b)) - b.target for b in batches]
+            errors = [model.decode(model.clean_latent(b), b.background) - b.target for b in batches]
         return float(torch.cat(errors).square().mean())
 
     before = reconstruction()
@@ -176,8 +177,13 @@ def test_fit_trains_then_freezes_the_autoencoder_and_standardises_latents(train_
     )
     model.train()
     assert model.unet.training and not model.encoder.training and not model.decoder.training
-    # clean latents of the train split are standardised
-    latents = torch.cat([model.clean_latent(b).detach() for b in batches])
+    # clean latents of the autoencoder's cycles (this nameless split: its first 3 of 4; the
+    # last is held out to measure sigma_z on) are standardised
+    assert model.fit_info["autoencoder_cycles"] == 3
+    assert model.fit_info["latent_std_cycles"].startswith("last 1 of 4 train cycles")
+    seen = [DABatch.from_loader(raw) for raw in make_dataloader(ds.isel(time=slice(0, 3)),
+                                                                stats=stats, train=False)]
+    latents = torch.cat([model.clean_latent(b).detach() for b in seen])
     torch.testing.assert_close(latents.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(latents.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-3, rtol=0)
     sigma_z = model.latent_std
@@ -225,6 +231,8 @@ def test_latent_guidance_gives_the_closed_form_posterior(make_batch, with_modali
 
 
 def test_pixel_guidance_pulls_decoded_members_to_the_observations(make_batch, with_modalities):
+    """The earlier version's extra pixel term (``pixel_guidance=True``, state space) pulls the
+    decoded members to the observations."""
     torch.manual_seed(0)
     batch = with_modalities(make_batch(grid=(9, 16), batch=1), [[1.0]])
     mask = (torch.rand_like(batch.mask) < 0.3).float()
@@ -233,7 +241,9 @@ def test_pixel_guidance_pulls_decoded_members_to_the_observations(make_batch, wi
 
     def misfit(pixel: bool) -> float:
         torch.manual_seed(0)
-        model = create_model("slams_tiny", pixel_guidance=pixel, steps=16).eval()
+        model = create_model(
+            "slams_tiny", pixel_guidance=pixel, steps=16, latent_space="state"
+        ).eval()
         members = model.analyse(batch, members=4, seed=0).members
         return float(
             ((members - batch.observation[:, None]) * batch.mask[:, None]).square().sum()
@@ -241,6 +251,81 @@ def test_pixel_guidance_pulls_decoded_members_to_the_observations(make_batch, wi
         )
 
     assert misfit(True) < 0.5 * misfit(False)
+
+
+def test_the_zero_latent_decodes_to_the_background_exactly(make_batch):
+    """Issue 17: in the default increment space a latent decodes to x_b + sigma_b (D(z) -
+    D(0)), so the zero latent is the background bit for bit (the state-space decoding D(0)
+    is not), for member-major stacks of the batch too."""
+    torch.manual_seed(0)
+    sigma_b = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    model = create_model("slams_tiny", background_std=sigma_b.tolist()).eval()
+    batch = make_batch(grid=(9, 16), batch=2)
+    with torch.no_grad():
+        zero = model.decode(torch.zeros(6, 4, 9, 16), batch.background)  # 3 members x B = 2
+        assert torch.equal(zero, batch.background.repeat(3, 1, 1, 1))
+        z = torch.randn(2, 4, 9, 16)
+        increment = (model.decode(z, batch.background) - batch.background) / sigma_b.view(
+            1, 4, 1, 1
+        )
+        torch.testing.assert_close(increment, model.decode_field(z))
+        assert increment.abs().max() > 0
+        state = create_model("slams_tiny", latent_space="state").eval()
+        decoded = state.decode(torch.zeros(2, 4, 9, 16), batch.background)
+        assert not torch.equal(decoded, batch.background)
+
+
+def test_each_observation_enters_the_posterior_once(make_batch, with_modalities):
+    """Issue 17: y used to enter both the latent pseudo-observation E(x_b, y, mask) and a pixel
+    term. By default the only guidance term is y_z = E(DA), which changes with y; no term
+    compares anything with y directly. ``pixel_guidance=True`` (kept to reproduce the earlier
+    numbers) adds the second count."""
+    torch.manual_seed(0)
+    model = create_model("slams_tiny").eval()
+    batch = with_modalities(make_batch(grid=(9, 16), batch=1, ratio=0.3), [[1.0]])
+    extra = {"modalities": batch.modalities, "modality_present": batch.modality_present}
+    terms = model.observation_terms(batch)
+    assert len(terms) == 1 and terms[0].operator is None and terms[0].mask is None
+    moved = DABatch(batch.background, batch.observation + batch.mask, batch.mask, **extra)
+    assert not torch.equal(model.observation_terms(moved)[0].value, terms[0].value)
+    # unobserved values do not enter (anything may stand there, NaN included)
+    observed = torch.where(batch.mask > 0, batch.observation, torch.nan)
+    hidden = DABatch(batch.background, observed, batch.mask, **extra)
+    assert torch.equal(model.observation_terms(hidden)[0].value, terms[0].value)
+    twice = create_model("slams_tiny", pixel_guidance=True).eval().observation_terms(batch)
+    assert len(twice) == 2 and twice[1].value is batch.observation
+
+
+def _split(split: str, error: float, seed: int):
+    from conftest import synthetic_train_split
+
+    ds, stats = synthetic_train_split(**SPLIT, error=error, seed=seed)
+    return ds.assign_coords(split=(schema.TIME, [split] * ds.sizes[schema.TIME])), stats
+
+
+def test_sigma_z_is_measured_on_validation_cycles():
+    """Issue 17: sigma_z is the RMS of E(DA) - E(clean) on validation cycles the autoencoder
+    never saw, not on its own train cycles: the fitted value is the one measured on the
+    validation split (here with 4x the background error) and differs from the train cycles'
+    (what the old fit gave); a validation dataset of another split is refused."""
+    ds, stats = _split("train", 0.5, 0)
+    validation, _ = _split("validation", 2.0, 1)
+    torch.manual_seed(0)
+    model = create_model("slams_tiny", ae_epochs=5, ae_batch_size=1, ae_lr=3e-3)
+    model.fit(ds, stats, validation=validation)
+    assert model.fit_info == {
+        "autoencoder_cycles": 4,
+        "latent_std_cycles": "validation split (given)",
+        "n_latent_std_cycles": 4,
+    }
+    fitted = model.latent_std.clone()
+    model._fit_latent_std(model._loader(validation, stats, train=False))
+    assert torch.equal(model.latent_std, fitted)
+    model._fit_latent_std(model._loader(ds, stats, train=False))
+    on_train = model.latent_std.clone()
+    assert float((fitted - on_train).abs().max()) > 0.1 * float(on_train.min()), (fitted, on_train)
+    with pytest.raises(DambenchInputError, match=r"validation cycles.*splits \['train'\]"):
+        create_model("slams_tiny").fit(ds, stats, validation=ds)
 
 
 def test_input_checks_and_unfitted_refusal(make_batch, with_modalities):
