@@ -271,10 +271,13 @@ def test_ema_weights_are_what_evaluation_uses_and_fit_travels(tmp_path):
     assert model.fitted and model.observation_std.shape == (4,)
 
 
-@pytest.mark.parametrize("size", ["small", "full"])
-def test_configs_load_and_build(size, config_model):
-    cfg, model = config_model(f"sda_{size}")
+@pytest.mark.parametrize("name", ["sda_small", "sda_full", "sda_cond_small", "sda_cond_full"])
+def test_configs_load_and_build(name, config_model):
+    cfg, model = config_model(name)
     assert cfg.train.ema_decay is not None and isinstance(model, SDA)
+    assert model.sampler.corrector == "preconditioned"
+    assert model.background == ("context" if "cond" in name else "guidance")
+    assert "cond" in name or model.background_block == 8
 
 
 # --- the background term with correlated errors ---------------------------------------------------
