@@ -56,8 +56,9 @@ Members and seeds
 
 Divergence
     Guidance is stiff (the paper's sampler needs more steps as ``sigma_y`` falls; measured
-    table in :mod:`baselines.models.sda`): :func:`check_samples` raises :class:`SamplerDivergedError` for
-    samples that are not finite or exceed :data:`DIVERGENCE_LIMIT`, never returning them.
+    table in :mod:`baselines.models.sda`): :func:`check_samples` raises
+    :class:`SamplerDivergedError` for samples that are not finite or exceed
+    :data:`DIVERGENCE_LIMIT`, never returning them.
 
 Error statistics
     :func:`background_error_std` and :func:`observation_error_std` give the Gaussian terms' stds

@@ -134,8 +134,8 @@ def test_sda_configs_sample_the_exact_posterior(name):
     batch = _problem(4)
     x = torch.randn(3, 4, *GRID)
     context = model.conditioning(batch)
-    torch.testing.assert_close(model.eps(x, torch.tensor(0.3), context),
-                               standard_normal_eps(x, torch.tensor(0.3), model.schedule))  # fmt: skip
+    t = torch.tensor(0.3)
+    torch.testing.assert_close(model.eps(x, t, context), standard_normal_eps(x, t, model.schedule))
     terms = model.observation_terms(batch)
     mean, std = exact_posterior(terms, batch.background)
     members = model.analyse(batch, seed=0).members[0]  # (N, C, H, W)

@@ -326,7 +326,8 @@ def test_fit_measures_sigma_b_on_block_means(train_split):
     ds, stats = train_split(**SPLIT)
     model = create_model("sda_small").fit(ds, stats)
     assert model.background_block == 8
-    error = torch.from_numpy((ds.background - ds.target).values / stats["std"].values[:, None, None])
+    scale = stats["std"].values[:, None, None]
+    error = torch.from_numpy((ds.background - ds.target).values / scale)
     from baselines.layers.covariance import block_mean
 
     expected = block_mean(error, 8).square().mean(dim=(0, 2, 3)).sqrt()
