@@ -181,8 +181,8 @@ def test_fit_trains_then_freezes_the_autoencoder_and_standardises_latents(train_
     # last is held out to measure sigma_z on) are standardised
     assert model.fit_info["autoencoder_cycles"] == 3
     assert model.fit_info["latent_std_cycles"].startswith("last 1 of 4 train cycles")
-    seen = [DABatch.from_loader(raw) for raw in make_dataloader(ds.isel(time=slice(0, 3)),
-                                                                stats=stats, train=False)]
+    loader = make_dataloader(ds.isel(time=slice(0, 3)), stats=stats, train=False)
+    seen = [DABatch.from_loader(raw) for raw in loader]
     latents = torch.cat([model.clean_latent(b).detach() for b in seen])
     torch.testing.assert_close(latents.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(latents.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-3, rtol=0)
