@@ -334,6 +334,7 @@ def run(args: argparse.Namespace) -> dict:
         by=args.by,
         n_resamples=args.bootstrap,
         figure_channel=args.channel,
+        overwrite=getattr(args, "overwrite", False),
     )
     results = {
         **report.summary,
@@ -588,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--split", default="test", choices=list(schema.SPLITS))
     run_p.add_argument("--out", required=True, help="folder for tables, results, figures")
     run_p.add_argument("--name", help="row name (default: model or run folder)")
+    run_p.add_argument(
+        "--overwrite", action="store_true", help="replace earlier results in --out"
+    )
     run_p.add_argument(
         "--members",
         type=int,

@@ -46,6 +46,7 @@ def _eval_args(folder, out, *, model=None, checkpoint=None, name=None) -> Namesp
         region=["global"],
         by=None,
         modalities=None,
+        overwrite=True,
     )
 
 

@@ -95,11 +95,13 @@ def test_predictions_are_streamed_without_taking_the_models_grad_mode(folder, tm
     np.testing.assert_allclose(stored.values, ds["background"].values, rtol=1e-6, atol=1e-5)
 
 
-def _fair_crps(members: np.ndarray, truth: np.ndarray) -> float:
+def _fair_crps(members: np.ndarray, truth: np.ndarray, latitude: np.ndarray) -> float:
+    """Fair CRPS per grid point, cos-latitude weighted grid mean (like RMSE)."""
     n = members.shape[0]
     skill = np.abs(members - truth).mean(axis=0)
     pairs = np.abs(members[:, None] - members[None, :]).sum(axis=(0, 1)) / (2 * n * (n - 1))
-    return float((skill - pairs).mean())
+    weights = np.clip(np.cos(np.deg2rad(latitude)), 0, None)[:, None] * np.ones(truth.shape)
+    return float(np.average(skill - pairs, weights=weights))
 
 
 def test_gaussian_model_sampled_as_an_ensemble_stand_in(folder, tmp_path):
@@ -120,7 +122,10 @@ def test_gaussian_model_sampled_as_an_ensemble_stand_in(folder, tmp_path):
     members = store.values.astype(np.float64)  # (time, member, channel, lat, lon)
     truth = ds["target"].values.astype(np.float64)
     c = list(ds.channel.values).index("u10")
-    expected = np.mean([_fair_crps(members[t, :, c], truth[t, c]) for t in range(len(truth))])
+    lat = ds["latitude"].values
+    expected = np.mean(
+        [_fair_crps(members[t, :, c], truth[t, c], lat) for t in range(len(truth))]
+    )
     scores = pd.read_parquet(tmp_path / "ens" / "scores.parquet")
     row = scores[(scores.model == "r") & (scores.channel == "u10") & (scores.metric == "crps")]
     row = row[(row.region == "global") & (row.period == "all")]

@@ -167,7 +167,7 @@ MULTI_CONFIGS = sorted(CONFIGS.glob("multi_*.yaml"))
 
 def test_every_host_has_multi_configs():
     names = {path.stem for path in MULTI_CONFIGS}
-    hosts = ("convcnp", "fnp", "adas", "vaevar", "sda", "slams")
+    hosts = ("convcnp", "fnp", "adas", "vaevar", "sda_cond", "slams")
     assert {f"multi_{h}_{s}" for h in hosts for s in ("small", "full")} <= names
 
 
