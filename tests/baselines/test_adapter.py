@@ -343,7 +343,7 @@ def test_hosts_without_an_entry_are_refused():
 
 def test_multi_models_are_registered_with_honest_info():
     names = list_models("multi_*")
-    hosts = ("convcnp", "fnp", "adas", "vaevar", "sda", "slams")
+    hosts = ("convcnp", "fnp", "adas", "vaevar", "sda_cond", "slams")
     assert {f"multi_{h}_{s}" for h in hosts for s in ("tiny", "small", "full")} <= set(names)
     for name in names:
         info, host = model_info(name), model_info(name.removeprefix("multi_"))
