@@ -296,20 +296,18 @@ def test_each_observation_enters_the_posterior_once(make_batch, with_modalities)
     assert len(twice) == 2 and twice[1].value is batch.observation
 
 
-def _split(split: str, error: float, seed: int):
-    from conftest import synthetic_train_split
-
-    ds, stats = synthetic_train_split(**SPLIT, error=error, seed=seed)
+def _split(make_split, split: str, error: float, seed: int):
+    ds, stats = make_split(**SPLIT, error=error, seed=seed)
     return ds.assign_coords(split=(schema.TIME, [split] * ds.sizes[schema.TIME])), stats
 
 
-def test_sigma_z_is_measured_on_validation_cycles():
+def test_sigma_z_is_measured_on_validation_cycles(train_split):
     """Issue 17: sigma_z is the RMS of E(DA) - E(clean) on validation cycles the autoencoder
     never saw, not on its own train cycles: the fitted value is the one measured on the
     validation split (here with 4x the background error) and differs from the train cycles'
     (what the old fit gave); a validation dataset of another split is refused."""
-    ds, stats = _split("train", 0.5, 0)
-    validation, _ = _split("validation", 2.0, 1)
+    ds, stats = _split(train_split, "train", 0.5, 0)
+    validation, _ = _split(train_split, "validation", 2.0, 1)
     torch.manual_seed(0)
     model = create_model("slams_tiny", ae_epochs=5, ae_batch_size=1, ae_lr=3e-3)
     model.fit(ds, stats, validation=validation)
