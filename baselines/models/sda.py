@@ -385,7 +385,7 @@ register_variants(
     {
         "sda_tiny": (
             "CPU-test size: hidden (8, 16), 1 block per level, 8 steps, gamma 0.1, 2 members, "
-            "background over 8 x 8 blocks; placeholder sigma_b = 0.5 and sigma_o = 0.3 until "
+            "background over 8 x 8 blocks; before fit(), sigma_b = 0.5 and sigma_o = 0.3 until "
             "fit() (C = 4).",
             dict(
                 in_chans=4,

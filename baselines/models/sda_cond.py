@@ -66,7 +66,7 @@ register_variants(
     {
         "sda_cond_tiny": (
             "CPU-test size of the conditional model: hidden (8, 16), 8 steps, gamma 0.1, "
-            "2 members; placeholder sigma_b = 0.5 and sigma_o = 0.3 until fit() (C = 4).",
+            "2 members; before fit(), sigma_b = 0.5 and sigma_o = 0.3 until fit() (C = 4).",
             {**TINY, "steps": 8, "gamma": 0.1, "members": 2, "member_batch": 2,
              "background_std": 0.5, "observation_std": 0.3},  # fmt: skip
         ),

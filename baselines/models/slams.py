@@ -675,7 +675,7 @@ register_variants(
     {
         "slams_tiny": (
             "CPU-test size: 4 latent channels, encoder width 8, UNet (8, 16) x 1 block, 8 steps, "
-            "gamma 0.1, 2 members; placeholder sigma_o = 0.3, sigma_z = 0.5 and sigma_b = 1 "
+            "gamma 0.1, 2 members; before fit(), sigma_o = 0.3, sigma_z = 0.5 and sigma_b = 1 "
             "until fit() (C = 4, M = 1).",
             dict(
                 in_chans=4,
