@@ -286,6 +286,16 @@ def read_block(ds: xr.Dataset, variable: str, selection: dict) -> xr.DataArray:
         raise _read_error(ds, variable, chosen, err) from err
 
 
+def read_cycle(ds: xr.Dataset, variable: str, time, channels=None) -> xr.DataArray:
+    """The cycle ``time`` of ``ds[variable]`` (of ``channels``, a name or a list; all when
+    None) in memory, read through :func:`read_block`: a corrupted chunk is one
+    :class:`DambenchIntegrityError` naming the store, the array, the chunk and the cycle."""
+    selection: dict = {schema.TIME: [time]}
+    if channels is not None:
+        selection[schema.CHANNEL] = channels
+    return read_block(ds, variable, selection).isel({schema.TIME: 0})
+
+
 def _read_error(
     ds: xr.Dataset, variable: str, chosen: xr.DataArray, err: Exception
 ) -> DambenchIntegrityError:

@@ -22,10 +22,12 @@ import xarray as xr
 
 from dambench import schema
 from dambench.exceptions import DambenchInputError
+from dambench.load import read_cycle
 from dambench.regions import open_land_sea_mask, resolve_region, with_land_sea_mask
 from dambench.scoring import report as tables
-from dambench.scoring.comparison import PER_CHANNEL_METRICS, compare, paired
+from dambench.scoring.comparison import PER_CHANNEL_METRICS, compare
 from dambench.scoring.engine import ALL_CHANNELS, CycleScores, Method, score_cycles
+from dambench.scoring.finite import left_out_notes, paired_finite
 from dambench.scoring.identity import DatasetIdentity, dataset_identity
 from dambench.scoring.outputs import ResultFolder
 from dambench.scoring.predictions import Predictions, check_against, open_predictions
@@ -47,6 +49,10 @@ CONVENTIONS = {
     "left out of n",
     "comparisons": "made on the channels, regions and cycles both results scored, same dataset "
     "digest and split (refused otherwise)",
+    "skipna": "with skipna every non-finite prediction value is left out (weights "
+    "renormalised); a cycle where a score is undefined (no finite point of a channel) is left "
+    "out of that score's n and named in warnings; paired comparisons use the cycles defined "
+    "in both series",
     "spectral_reduction": "per_sample: SpecDiv/SpecRes per cycle and channel, then means "
     "(ChaosBench averages fields first: reduce='mean_field')",
     "crps": "fair CRPS per grid point, cos-latitude weighted grid mean (physical units per "
@@ -67,7 +73,8 @@ class ScoreReport:
     scores
         The long, tidy score table (``scores.parquet``).
     summary
-        Provenance, conventions, Table 3 rows, per-cycle values and paired comparisons
+        Provenance, conventions, Table 3 rows, per-cycle values, paired comparisons and
+        ``warnings`` (what was scored on trust or left out: :func:`scoring_notes`)
         (``summary.json``).
     table3, ensemble_table
         Markdown tables (the second only when ensembles were scored).
@@ -189,8 +196,7 @@ def _methods(opened, seeds, name, ds, channels, reference: bool) -> list[Method]
     if reference:
 
         def background(time: np.datetime64) -> xr.DataArray:
-            picked = {schema.TIME: time, schema.CHANNEL: list(channels)}
-            return ds["background"].sel(picked).load()
+            return read_cycle(ds, "background", time, list(channels))
 
         methods.append(Method(BACKGROUND, background, seed=None, members=0))
     return methods
@@ -257,7 +263,7 @@ def _summary(frame, cycles, *, name, seeds, opened, identity: DatasetIdentity, s
     comparisons = []
     if BACKGROUND in names and "MSE(1e-2)" in per_cycle[name]:
         a, b = per_cycle[name]["MSE(1e-2)"], per_cycle[BACKGROUND]["MSE(1e-2)"]
-        comparisons.append(paired(name, BACKGROUND, "MSE(1e-2)", a, b))
+        comparisons.append(paired_finite(name, BACKGROUND, "MSE(1e-2)", a, b))
     return {
         "model": name,
         "seeds": seeds,
@@ -477,6 +483,7 @@ def _evaluate(
         "skipna": skipna,
         "channel_means_over": channels,
         "run": uuid.uuid4().hex[:12],
+        "warnings": scoring_notes(opened, cycles, skipna),
     }
     summary = _summary(
         frame, cycles, name=name, seeds=seed_labels, opened=opened, identity=identity,
@@ -485,6 +492,20 @@ def _evaluate(
     ensemble = format_table(frame, ENSEMBLE_TABLE) if any(cycles.members.values()) else None
     files = _markdown_files(frame, summary, units, region_list, ensemble)
     return ScoreReport(frame, summary, format_table(frame, TABLE3), ensemble, cycles, files)
+
+
+def scoring_notes(opened: Sequence[Predictions], cycles: CycleScores, skipna: bool) -> list[str]:
+    """What was scored on trust or left out, in order, each once: the predictions' warnings
+    (channels without units; prefixed by the store when there are several), the scorer's notes
+    on values outside their channel's plausible range, and with ``skipna`` the cycles left out
+    of ``n`` (:func:`~dambench.scoring.finite.left_out_notes`). Recorded in ``summary.json``
+    (``warnings``) and printed by ``dambench evaluate``."""
+    several = len(opened) > 1
+    notes = [f"{p.location}: {w}" if several else w for p in opened for w in p.warnings]
+    notes += cycles.warnings
+    if skipna:
+        notes += left_out_notes(cycles)
+    return list(dict.fromkeys(notes))
 
 
 def _mask_source(region_list) -> str | None:

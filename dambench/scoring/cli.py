@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from dambench import schema
 
@@ -90,10 +92,19 @@ def add_parser(subparsers, parents=()) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dambench evaluate`` and print the tables."""
+    """Run ``dambench evaluate``: print the tables on stdout, and on stderr the notes recorded
+    in ``summary.json`` (``warnings``) with any other warning raised while scoring."""
+    with warnings.catch_warnings(record=True) as caught:
+        report = _evaluate(args)
+    _print_summary(report, args.out)
+    _print_warnings(report.summary["warnings"], caught)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace):
     from dambench.scoring.api import evaluate_predictions
 
-    report = evaluate_predictions(
+    return evaluate_predictions(
         args.predictions,
         args.dataset,
         split=args.split,
@@ -113,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         figure_channel=args.channel,
         verbose=not args.quiet,
     )
+
+
+def _print_summary(report, out: str) -> None:
+    """Table 3, the ensemble table and the comparisons on stdout."""
     summary = report.summary
     print(
         f"{summary['model']} on {summary['dataset']['name']} ({summary['split']}, "
@@ -124,13 +139,22 @@ def run(args: argparse.Namespace) -> int:
         print("\nEnsemble (fair CRPS, spread/skill):")
         print(report.ensemble_table)
     for comparison in summary["comparisons"]:
+        left_out = comparison.get("left_out", 0)
+        on = f"; on the {comparison['n']} cycles defined in both" if left_out else ""
         print(
             f"\n{comparison['verdict']} (difference {comparison['difference']:.4g}, paired 95 % "
-            f"interval [{comparison['ci_low']:.4g}, {comparison['ci_high']:.4g}])"
+            f"interval [{comparison['ci_low']:.4g}, {comparison['ci_high']:.4g}]{on})"
         )
     written = ", ".join(sorted(report.tables))
-    print(f"\nWrote {args.out}: {written}, scores.parquet, summary.json and figures.")
-    return 0
+    print(f"\nWrote {out}: {written}, scores.parquet, summary.json and figures.")
+
+
+def _print_warnings(recorded: list[str], caught: list) -> None:
+    """The notes recorded in ``summary.json`` (``warnings``), then any other warning raised
+    while scoring, each once, one line each on stderr."""
+    others = [str(w.message) for w in caught if str(w.message) not in recorded]
+    for note in dict.fromkeys(recorded + others):
+        print(f"dambench evaluate: warning: {note}", file=sys.stderr)
 
 
 LEADERBOARD_DESCRIPTION = (

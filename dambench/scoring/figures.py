@@ -13,6 +13,7 @@ import pandas as pd
 import xarray as xr
 
 from dambench import schema
+from dambench.load import read_cycle
 from dambench.scoring.outputs import ResultFolder, figure_bytes
 
 
@@ -24,7 +25,7 @@ def _analysis(predictions, time, channel: str) -> xr.DataArray:
 
 
 def _dataset_field(ds: xr.Dataset, variable: str, time, channel: str) -> xr.DataArray:
-    return ds[variable].sel({schema.TIME: time, schema.CHANNEL: channel}).load()
+    return read_cycle(ds, variable, time, channel)
 
 
 def stage_figures(folder: ResultFolder, ds: xr.Dataset, predictions, channel: str, report):
@@ -73,13 +74,15 @@ def maps_figure(ds: xr.Dataset, predictions, name: str, channel: str):
 
 def mean_spectra(ds: xr.Dataset, predictions, name: str, channel: str) -> dict[str, xr.DataArray]:
     """Band-mean zonal energy spectra of target, background and analysis, averaged over every
-    cycle of the split, read one cycle at a time."""
+    cycle of the split, read one cycle at a time. A field with non-finite points (predictions
+    scored with ``skipna``) has no spectrum: that cycle is left out of its label's mean, and
+    each spectrum's ``n_cycles`` attribute counts the cycles averaged."""
     from dambench.plot import band_spectrum
 
     totals: dict[str, xr.DataArray] = {}
+    counts: dict[str, int] = {}
     attrs: dict[str, dict] = {}
-    times = ds[schema.TIME].values
-    for time in times:
+    for time in ds[schema.TIME].values:
         fields = {
             "target": _dataset_field(ds, "target", time, channel),
             "background": _dataset_field(ds, "background", time, channel),
@@ -88,27 +91,38 @@ def mean_spectra(ds: xr.Dataset, predictions, name: str, channel: str) -> dict[s
             fields["target"].coords
         )
         for label, field in fields.items():
+            if not np.isfinite(field.values).all():
+                continue
             spectrum = band_spectrum(field.rename(label))
             attrs.setdefault(label, dict(spectrum.attrs))
             totals[label] = spectrum if label not in totals else totals[label] + spectrum
+            counts[label] = counts.get(label, 0) + 1
     return {
-        label: (total / len(times)).assign_attrs(attrs[label]) for label, total in totals.items()
+        label: (total / counts[label]).assign_attrs(attrs[label], n_cycles=counts[label])
+        for label, total in totals.items()
     }
 
 
 def spectra_figure(ds: xr.Dataset, predictions, name: str, channel: str):
     """Zonal energy spectra of target, background and analysis averaged over the split's
-    cycles."""
+    cycles (the cycles left out of a curve, fields with non-finite points, are counted in the
+    caption)."""
     from dambench.plot import plot_spectrum_curves
 
     spectra = mean_spectra(ds, predictions, name, channel)
     times = ds[schema.TIME].values
     first, last = (pd.Timestamp(t).strftime("%Y-%m-%d") for t in (times[0], times[-1]))
+    partial = [
+        f"{label} over {s.attrs['n_cycles']}"
+        for label, s in spectra.items()
+        if s.attrs["n_cycles"] < len(times)
+    ]
     return plot_spectrum_curves(
         spectra,
         channel=channel,
         model=name,
-        when=f"mean over {len(times)} cycles {first} .. {last}",
+        when=f"mean over {len(times)} cycles {first} .. {last}"
+        + (f" ({', '.join(partial)} complete cycles)" if partial else ""),
     )
 
 

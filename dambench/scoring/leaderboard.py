@@ -26,8 +26,9 @@ import pandas as pd
 
 from dambench.exceptions import DambenchInputError
 from dambench.scoring.bootstrap import block_bootstrap
-from dambench.scoring.comparison import Common, column_series, common_ground, paired
+from dambench.scoring.comparison import Common, column_series, common_ground
 from dambench.scoring.engine import ALL_CHANNELS
+from dambench.scoring.finite import finite_in_both, finite_values, paired_finite
 from dambench.scoring.report import TABLE3, table_header
 
 
@@ -139,7 +140,9 @@ def _columns(common: Common) -> list[str]:
 
 
 def _cell(values: np.ndarray, n_resamples: int, seed: int) -> str:
-    interval = block_bootstrap(values, n_resamples=n_resamples, seed=seed)
+    """``mean [low, high]`` over the cycles whose value is defined (a result scored with
+    ``skipna`` may hold undefined cycles; they are left out of ``n`` as in its own tables)."""
+    interval = block_bootstrap(finite_values(values), n_resamples=n_resamples, seed=seed)
     return f"{interval.value:.4g} [{interval.low:.4g}, {interval.high:.4g}]"
 
 
@@ -179,7 +182,7 @@ def leaderboard(
         if row == ref:
             values.append("reference")
         else:
-            found = paired(row.name, ref.name, column, series, ref_series, seed=seed)
+            found = paired_finite(row.name, ref.name, column, series, ref_series, seed=seed)
             comparisons.append(found)
             low, high = found["ci_low"], found["ci_high"]
             values.append(f"{found['difference']:+.4g} [{low:.4g}, {high:.4g}]")
@@ -223,7 +226,11 @@ def _scorecard_cell(row: Row, ref: Row, channel: str, region: str, n_resamples, 
     column = f"RMSE {channel}"
     mine = _rmse_series(row, channel, region)
     theirs = _rmse_series(ref, channel, region)
-    found = paired(row.name, ref.name, column, mine, theirs, seed=seed, n_resamples=n_resamples)
+    found = paired_finite(
+        row.name, ref.name, column, mine, theirs, seed=seed, n_resamples=n_resamples
+    )
+    keep = finite_in_both(mine, theirs)
+    mine, theirs = mine[keep], theirs[keep]
     base = float(np.mean(theirs))
     return {
         "method": row.name,

@@ -12,7 +12,9 @@ points all others. Per channel and cycle:
   row these are O-B.
 
 Cycles are read one at a time (target, observation and each method's analysis of one cycle), so
-memory stays that of one cycle. A cycle without an observed (unobserved) point of a channel gives
+memory stays that of one cycle; the dataset's arrays are read through
+:func:`dambench.load.read_cycle`, so a corrupted chunk is one error naming the file and
+``dambench verify``. A cycle without an observed (unobserved) point of a channel gives
 NaN, left out of that row's ``n`` when aggregated.
 """
 
@@ -26,6 +28,7 @@ import xarray as xr
 
 from dambench import schema
 from dambench.grid import lat_weights
+from dambench.load import read_cycle
 from dambench.scoring.engine import CycleScores, Method
 
 OBS_METRICS = ("rmse_observed", "rmse_unobserved", "oma_mean", "oma_rms")
@@ -100,9 +103,10 @@ def score_observation_space(
     out.values = defaultdict(list)
     weights = lat_weights(ds[schema.LATITUDE], method="cos").values[:, None]
     for time in ds[schema.TIME].values:
-        picked = {schema.TIME: time, schema.CHANNEL: list(channels)}
-        target = np.asarray(ds["target"].sel(picked).values, dtype=np.float64)
-        observation = np.asarray(ds["observation"].sel(picked).values, dtype=np.float64)
+        target, observation = (
+            np.asarray(read_cycle(ds, name, time, list(channels)).values, dtype=np.float64)
+            for name in ("target", "observation")
+        )
         for method in methods:
             analysis = _analysis(method, time, channels, skipna)
             stats = cycle_statistics(analysis, target, observation, weights)
