@@ -198,26 +198,56 @@ class Regridder:
         method: Method = "conservative",
         min_coverage: float = 0.5,
     ) -> np.ndarray:
-        """Regrid an array ``(..., latitude, longitude)`` in the source's orientation."""
+        """Regrid an array ``(..., latitude, longitude)`` in the source's orientation.
+
+        The result has ``x``'s floating dtype (float32 stays float32; integers give float64;
+        ``"sum"`` gives float64). Memory: the result plus the temporaries of one 2-D field
+        (the leading dims are regridded one field at a time).
+        """
         if method not in METHODS:
             raise DambenchInputError(f"Unknown regridding {method=}; use one of {METHODS}.")
         x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            x = x.astype(np.float64)
-        valid = ~np.isnan(x)
-        has_nan = not valid.all()
-        filled = np.where(valid, x, 0) if has_nan else x
+        dtype = _output_dtype(x.dtype, method)
+        planes = x.reshape(-1, *x.shape[-2:])
+        out = np.empty((planes.shape[0], *self.grid.shape), dtype=dtype)
+        full_cover = None
+        for i, plane in enumerate(planes):
+            if np.issubdtype(plane.dtype, np.floating) and np.isnan(plane).any():
+                out[i] = self._regrid_plane(plane, method, min_coverage, ~np.isnan(plane))
+                continue
+            if full_cover is None:
+                full_cover = self._covered(np.ones(plane.shape, dtype=bool), method)
+            out[i] = self._regrid_plane(plane, method, min_coverage, None, full_cover)
+        return out.reshape(*x.shape[:-2], *self.grid.shape)
+
+    def _covered(self, valid: np.ndarray, method: Method) -> np.ndarray:
+        """The regridded coverage of ``valid`` (float64), the denominator of a mean."""
+        bands = self._bilinear_bands() if method == "bilinear" else None
+        return self._contract(valid.astype(np.float64), bands)
+
+    def _regrid_plane(
+        self,
+        plane: np.ndarray,
+        method: Method,
+        min_coverage: float,
+        valid: np.ndarray | None,
+        covered: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One 2-D field; ``valid`` is its non-NaN mask (``None``: no NaN, ``covered`` given)."""
+        if not np.issubdtype(plane.dtype, np.floating):
+            plane = plane.astype(np.float64)
+        filled = plane if valid is None else np.where(valid, plane, 0)
         if method == "sum":
             return self._contract(filled.astype(np.float64) / self.source_area)
         bands = self._bilinear_bands() if method == "bilinear" else None
         full = 1.0 if method == "bilinear" else self.target_area
-        weighted_sum = self._contract(filled, bands)
-        coverage_source = valid if has_nan else np.ones(x.shape[-2:], dtype=bool)
-        covered = self._contract(coverage_source.astype(np.float64), bands)
+        if covered is None:
+            covered = self._covered(valid, method)
+        out = self._contract(filled, bands)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = weighted_sum / covered
-        enough = covered >= min_coverage * full
-        return np.where(enough, out, np.nan).astype(x.dtype, copy=False)
+            np.divide(out, covered, out=out, casting="same_kind")
+        out[~(covered >= min_coverage * full)] = np.nan
+        return out
 
     def __call__(
         self,

@@ -99,11 +99,29 @@ def rollout(
     -------
     The state after ``n_steps`` steps, ``(C, H, W)``. Step ``k`` (1-based) is fed the states of
     steps ``k - 2`` and ``k - 1`` (step 0 being ``current`` and step -1 ``previous``).
+
+    Memory: one ``(2C, H, W)`` pair buffer, updated in place (the earlier half takes the later,
+    the later the step's output), and the step's output (see :func:`rollout_pair`); ``step``
+    must not keep its argument.
     """
+    return rollout_pair(step, np.concatenate([previous, current], axis=0), n_steps)
+
+
+def rollout_pair(
+    step: Callable[[np.ndarray], np.ndarray], pair: np.ndarray, n_steps: int
+) -> np.ndarray:
+    """:func:`rollout` from the concatenated pair ``(2C, H, W)`` (earlier state first), which is
+    updated in place and is the only state buffer held; returns its later half after
+    ``n_steps`` steps (a view of ``pair``)."""
+    c = pair.shape[0] // 2
     for _ in range(n_steps):
-        following = step(np.concatenate([previous, current], axis=0))
-        previous, current = current, following
-    return current
+        following = step(pair)
+        if np.shares_memory(following, pair):
+            following = following.copy()
+        pair[:c] = pair[c:]
+        pair[c:] = following
+        del following
+    return pair[c:]
 
 
 class OnnxForecaster(BackgroundBase):
@@ -193,42 +211,61 @@ class OnnxForecaster(BackgroundBase):
         return init - pd.Timedelta(hours=self.step_hours), init
 
     def normalise(self, state: np.ndarray) -> np.ndarray:
-        """``(state - mean) / std`` per channel for arrays ``(..., C, H, W)``, float32."""
-        return ((state - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
+        """``(state - mean) / std`` per channel for arrays ``(..., C, H, W)``, float32.
+
+        Computed in float64 one channel at a time (a float64 temporary of one channel, not of
+        the whole state) and rounded to float32.
+        """
+        return _per_channel(state, lambda x, i: (x - self.mean[i]) / self.std[i])
 
     def denormalise(self, state: np.ndarray) -> np.ndarray:
-        """``state * std + mean`` per channel, the inverse of :meth:`normalise`, float32."""
-        return (state * self.std[:, None, None] + self.mean[:, None, None]).astype(np.float32)
+        """``state * std + mean`` per channel, the inverse of :meth:`normalise`, float32 (float64
+        one channel at a time, as :meth:`normalise`)."""
+        return _per_channel(state, lambda x, i: x * self.std[i] + self.mean[i])
 
     def step(self, pair: np.ndarray) -> np.ndarray:
         """One model step: normalised pair ``(2C, H, W)`` -> normalised next state ``(C, H, W)``."""
         c = len(self.channels)
         if pair.shape[0] != 2 * c:
             raise DambenchInputError(f"A model step needs {2 * c} channels, got {pair.shape}.")
-        (out,) = self.session.run(None, {self.input_name: pair[None].astype(np.float32)})[:1]
-        out = np.asarray(out)
+        feed = np.ascontiguousarray(pair[None], dtype=np.float32)  # no copy when it is already
+        out = np.asarray(self.session.run(None, {self.input_name: feed})[0])
         contract = out.ndim == 4 and out.shape[0] == 1 and out.shape[1] >= c
         if not contract or out.shape[2:] != pair.shape[1:]:
             raise DambenchInputError(
                 f"Model output shape {out.shape} does not follow the contract "
                 f"(1, >= {c}, {pair.shape[1]}, {pair.shape[2]})."
             )
-        return out[0, :c]
+        return out[0, :c].copy() if out.shape[1] > c else out[0]  # frees the extra channels
 
     # --- Background implementation ------------------------------------------------------------
 
     def _at(self, valid: pd.DatetimeIndex) -> xr.DataArray:
-        fields = []
-        for t in valid:
-            states = self._initial_states(t)
-            normalised = self.normalise(states.values)
-            final = rollout(self.step, normalised[0], normalised[1], self.n_steps)
-            logger.debug("rolled out %d steps to %s", self.n_steps, t)
-            out = states.isel({schema.TIME: [1]}).copy(data=self.denormalise(final)[None])
-            fields.append(out.drop_vars(schema.TIME))
+        fields = [self._one(t) for t in valid]
         field = xr.concat(fields, dim=schema.TIME)
         init = valid - pd.Timedelta(hours=self.lead_hours)
         return field.assign_coords({INIT_TIME: (schema.TIME, init.values)})
+
+    def _one(self, valid: pd.Timestamp) -> xr.DataArray:
+        """The background valid at ``valid`` ``(1, C, ...)``, already on the output grid.
+
+        Each step's input is released before the next step is taken, and the model-grid state is
+        regridded to ``grid`` here, so a block of cycles holds one model-grid state at a time.
+        """
+        states = self._initial_states(valid)
+        pair = self.normalise(states.values).reshape(-1, *states.shape[2:])  # earlier first
+        later = states.isel({schema.TIME: slice(1, 2)}).drop_vars(schema.TIME)  # a view
+        dims, coords, name, attrs = later.dims, dict(later.coords), later.name, dict(later.attrs)
+        del states, later
+        final = rollout_pair(self.step, pair, self.n_steps)
+        del pair
+        logger.debug("rolled out %d steps to %s", self.n_steps, valid)
+        data = self.denormalise(final)[None]
+        del final
+        out = xr.DataArray(data, coords=coords, dims=dims, name=name, attrs=attrs)
+        if self.grid is not None and not on_grid(out, self.grid):
+            out = regrid(out, self.grid)
+        return out
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -262,11 +299,8 @@ class OnnxForecaster(BackgroundBase):
                 f"Analysis fields are {da.shape[2:]} (latitude, longitude) but the model takes "
                 f"{self.spatial_shape}; pass model_grid= to regrid them."
             )
-        bad = [
-            c
-            for c, ok in zip(self.channels, np.isfinite(da.values).all(axis=(0, 2, 3)), strict=True)
-            if not ok
-        ]
+        values = da.values
+        bad = [c for i, c in enumerate(self.channels) if not np.isfinite(values[:, i]).all()]
         if bad:
             raise DambenchInputError(f"Analysis at {format_times(times)} has NaN/inf in {bad}.")
         return da
@@ -327,7 +361,26 @@ def _session(
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(str(path), providers=list(providers))
+    return ort.InferenceSession(str(path), _session_options(ort), providers=list(providers))
+
+
+def _session_options(ort):
+    """Options that return each run's CPU memory when the run ends: no CPU arena (which keeps
+    every allocation for reuse: about 4 GB after two FengWu-size steps) and no memory pattern
+    (which pre-allocates all intermediates of a run at once). GPU memory is unaffected."""
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    return options
+
+
+def _per_channel(state: np.ndarray, func: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """``func(state[..., i, :, :], i)`` for each channel ``i`` (axis -3), float32, one channel at
+    a time."""
+    out = np.empty(state.shape, dtype=np.float32)
+    for i in range(state.shape[-3]):
+        out[..., i, :, :] = func(np.asarray(state[..., i, :, :], dtype=np.float64), i)
+    return out
 
 
 def _check_input_spec(
@@ -391,7 +444,10 @@ def _select(
     channels: Sequence[str] | None,
     valid: pd.Timestamp | None,
 ) -> xr.DataArray:
-    """``field`` at exactly ``times`` (and ``channels``, in that order), naming what is missing."""
+    """``field`` at exactly ``times`` (and ``channels``, in that order), naming what is missing.
+
+    A field already holding exactly these times (channels), in order, is returned without a copy.
+    """
     for dim in schema.CANONICAL_DIMS:
         if dim not in field.dims:
             raise DambenchSchemaError(
@@ -405,7 +461,8 @@ def _select(
             f"Missing analysis times {format_times(times[pos < 0])}{purpose}; the analysis "
             f"covers {format_times(have)}."
         )
-    field = field.isel({schema.TIME: pos})
+    if not np.array_equal(pos, np.arange(len(have))):
+        field = field.isel({schema.TIME: pos})
     if channels is None:
         return field
     present = [str(c) for c in field[schema.CHANNEL].values]
@@ -414,4 +471,4 @@ def _select(
         raise DambenchSchemaError(
             f"The analysis lacks model channels {missing}; it holds {present}."
         )
-    return field.sel({schema.CHANNEL: list(channels)})
+    return field if present == list(channels) else field.sel({schema.CHANNEL: list(channels)})
