@@ -1,7 +1,8 @@
 """Memory and speed of ``dambench.evaluate_predictions`` on 69-channel analyses.
 
-A synthetic DAMBench-layout store (69 channels, 1.5 degree grid, every cycle in the test split)
-and a prediction store of the same cycles are scored in a fresh process for each cycle count;
+A synthetic DAMBench-layout store (69 channels, 1.5 degree grid, every cycle in the test split;
+values about the midpoints of :data:`dambench.schema.PHYSICAL_RANGE`, so that the scorer's
+plausibility check accepts them) and a prediction store of the same cycles are scored in a fresh process for each cycle count;
 peak RSS (``ru_maxrss`` of the child) must stay flat as the number of cycles grows, because
 scoring reads a bounded block of cycles at a time. ``--path baselines`` measures
 ``baselines/evaluate.py`` instead (the Background model streamed through the loader into a
@@ -47,60 +48,76 @@ start = time.perf_counter()
 evaluate.run(Namespace(model="background", checkpoint=None, dataset=sys.argv[2], split="test",
                        out=sys.argv[3], name="background", members=None, sample_seed=0,
                        batch_size=1, bootstrap=200, channel=None, region=["global"], by=None,
-                       modalities=None))
+                       modalities=None, overwrite=True))
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def _field(rng, n: int, offset: float) -> np.ndarray:
-    shape = (n, len(schema.CHANNELS), *CANONICAL_GRID.shape)
-    return (offset + rng.standard_normal(shape)).astype(np.float32)
+SPREAD_FRACTION = 0.02
+"""Standard deviation of the synthetic target about its channel's range midpoint, as a fraction
+of the range's width (:data:`dambench.schema.PHYSICAL_RANGE`): values stay plausible."""
 
 
-def write_stores(folder: Path, n: int) -> tuple[Path, Path]:
-    """A dataset store and a prediction store of ``n`` test cycles, written cycle by cycle."""
-    from dambench.scoring import PredictionWriter
+def _bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel midpoint and spread (``SPREAD_FRACTION`` of the range), shaped to broadcast
+    over ``(channel, latitude, longitude)``."""
+    ranges = np.array([schema.PHYSICAL_RANGE[c] for c in schema.CHANNELS], dtype=np.float64)
+    middle = ranges.mean(axis=1)[:, None, None]
+    spread = SPREAD_FRACTION * (ranges[:, 1] - ranges[:, 0])[:, None, None]
+    return middle, spread
 
-    rng = np.random.default_rng(n)
-    times = pd.date_range("2024-01-01", periods=n, freq="D").values
-    coords = {
+
+def _cycle(rng) -> dict[str, np.ndarray]:
+    """One synthetic cycle ``(channel, latitude, longitude)`` in plausible physical units: a
+    target about the range midpoints, a background and an analysis near it (the analysis
+    closer), and observations of the target at 5 % of the points (NaN elsewhere)."""
+    middle, spread = _bounds()
+    shape = (len(schema.CHANNELS), *CANONICAL_GRID.shape)
+    target = middle + spread * rng.standard_normal(shape)
+    mask = rng.random(shape) < 0.05
+    observed = target + 0.1 * spread * rng.standard_normal(shape)
+    fields = {
+        "target": target,
+        "background": target + 0.5 * spread * rng.standard_normal(shape),
+        "analysis": target + 0.25 * spread * rng.standard_normal(shape),
+        "observation": np.where(mask, observed, np.nan),
+    }
+    return {"mask": mask, **{k: v.astype(np.float32) for k, v in fields.items()}}
+
+
+def _coords(times: np.ndarray) -> dict:
+    return {
         schema.TIME: times,
-        "split": (schema.TIME, np.array(["test"] * n, dtype=object)),
+        "split": (schema.TIME, np.array(["test"] * len(times), dtype=object)),
         **{
             k: v.astype(object) if v.dtype.kind == "U" else v
             for k, v in channel_coords(schema.CHANNELS).items()
         },
         **CANONICAL_GRID.coords(),
     }
+
+
+def _statistics() -> str:
+    middle, spread = _bounds()
     stats = {
         "channels": list(schema.CHANNELS),
-        "mean": [0.0] * 69,
-        "std": [1.0] * 69,
+        "mean": middle.ravel().tolist(),
+        "std": spread.ravel().tolist(),
         "split": "train",
     }
-    dataset = folder / f"data{n}.zarr"
-    for i in range(n):
-        block = {
-            name: (schema.CANONICAL_DIMS, _field(rng, 1, k))
-            for k, name in enumerate(("target", "background", "observation"))
-        }
-        block["mask"] = (schema.CANONICAL_DIMS, rng.random(block["target"][1].shape) < 0.05)
-        one = xr.Dataset(
-            block,
-            coords={
-                **coords,
-                schema.TIME: times[i : i + 1],
-                "split": (schema.TIME, np.array(["test"], dtype=object)),
-            },
-        )
-        one.attrs = {"normalization": json.dumps(stats)}
-        if i == 0:
-            one.to_zarr(dataset, mode="w", consolidated=False)
-        else:
-            one.to_zarr(dataset, append_dim=schema.TIME, consolidated=False)
-    predictions = folder / f"pred{n}.zarr"
+    return json.dumps(stats)
+
+
+def write_stores(folder: Path, n: int) -> tuple[Path, Path]:
+    """A dataset store and a prediction store of ``n`` test cycles, written cycle by cycle,
+    with plausible synthetic values (a synthetic stand-in: no skill is measured here)."""
+    from dambench.scoring import PredictionWriter
+
+    rng = np.random.default_rng(n)
+    times = pd.date_range("2024-01-01", periods=n, freq="D").values
+    dataset, predictions = folder / f"data{n}.zarr", folder / f"pred{n}.zarr"
     writer = PredictionWriter(
         predictions,
         times=times,
@@ -108,8 +125,16 @@ def write_stores(folder: Path, n: int) -> tuple[Path, Path]:
         latitude=CANONICAL_GRID.latitude,
         longitude=CANONICAL_GRID.longitude,
     )
-    for time_ in times:
-        writer.write(time_, _field(rng, 1, 0.5)[0])
+    for i, time_ in enumerate(times):
+        fields = _cycle(rng)
+        writer.write(time_, fields.pop("analysis"))
+        block = {name: (schema.CANONICAL_DIMS, v[None]) for name, v in fields.items()}
+        one = xr.Dataset(block, coords=_coords(times[i : i + 1]))
+        one.attrs = {"normalization": _statistics()}
+        if i == 0:
+            one.to_zarr(dataset, mode="w", consolidated=False)
+        else:
+            one.to_zarr(dataset, append_dim=schema.TIME, consolidated=False)
     return dataset, predictions
 
 
