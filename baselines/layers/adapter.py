@@ -49,7 +49,10 @@ Host entry point (how a model declares where the context enters)
     (ConvCNP: the observation representation (B, r, H, W); Adas: tokens (B, d, L, Hp, Wp);
     every host's entry: the table in :mod:`baselines.models.multi`). A host whose own loss
     never reaches its entry adds a term for the adapter whenever :func:`has_adapter` holds.
-    :func:`attach_adapter` makes any such host multi-modal by composition.
+    :func:`attach_adapter` makes any such host multi-modal by composition. A host that needs
+    modules of its own on the multi-modal side (VAE-Var's learned modality operators) adds
+    them to the adapter's ``extras`` (:func:`add_adapter_extra`, found again with
+    :func:`adapter_extra`): they are then saved, loaded and trained as the adapter's.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ __all__ = [
     "ModalityStream",
     "MultiModalAdapter",
     "adapter_context",
+    "adapter_extra",
+    "add_adapter_extra",
     "attach_adapter",
     "has_adapter",
     "modality_streams",
@@ -313,6 +318,35 @@ def has_adapter(host: nn.Module) -> bool:
     return getattr(host, ADAPTER_ATTRIBUTE, None) is not None
 
 
+def add_adapter_extra(host: nn.Module, name: str, module: nn.Module) -> None:
+    """Attach ``module`` to ``host``'s adapter as ``extras[name]``: a host-specific module that
+    belongs to the multi-modal part (VAE-Var's modality operators). Its ``state_dict`` keys
+    start with ``multimodal_adapter.extras.``, so a host checkpoint loads without it and
+    ``train.freeze: [host]`` leaves it trainable.
+
+    Raises
+    ------
+    DambenchInputError
+        ``host`` has no adapter, or already has an extra of that name.
+    """
+    adapter = getattr(host, ADAPTER_ATTRIBUTE, None)
+    if adapter is None or name in adapter.extras:
+        problem = "has no adapter" if adapter is None else f"already has an adapter extra {name!r}"
+        raise DambenchInputError(
+            f"{type(host).__name__} {problem}; attach_adapter first, and each extra once."
+        )
+    adapter.extras[name] = module
+
+
+def adapter_extra(host: nn.Module, name: str) -> nn.Module | None:
+    """The module :func:`add_adapter_extra` attached to ``host``'s adapter as ``name``, or
+    ``None`` (no adapter, or no such extra)."""
+    adapter = getattr(host, ADAPTER_ATTRIBUTE, None)
+    if adapter is None or name not in adapter.extras:
+        return None
+    return adapter.extras[name]
+
+
 def adapter_context(host: nn.Module, batch: DABatch) -> AdapterContext:
     """The adapter context of ``batch`` for ``host``: :data:`NO_CONTEXT` unless an adapter is
     attached (:func:`attach_adapter`) and some sample has a token. Call it once per forward pass
@@ -401,6 +435,7 @@ class MultiModalAdapter(nn.Module):
         for head in self.heads:  # the host is unchanged at step 0
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        self.extras = nn.ModuleDict()  # a host's own adapter-side modules (add_adapter_extra)
 
     @property
     def slot_channels(self) -> tuple[int, ...]:

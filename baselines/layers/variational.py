@@ -14,7 +14,7 @@ import torch
 
 from dambench.exceptions import DambenchInputError
 
-__all__ = ["VariationalSolution", "variational_solve"]
+__all__ = ["Misfit", "VariationalSolution", "latent_cost", "variational_solve"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,43 @@ class VariationalSolution:
     evaluations: int
 
 
+Misfit = Callable[[torch.Tensor], torch.Tensor]
+"""``analysis (1, C, H, W) -> scalar``: a further observation term's ``1/2 sum r^2 / R``
+(before the division by ``lambda``), differentiable in the analysis."""
+
+
+def latent_cost(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    background: torch.Tensor,
+    observation: torch.Tensor,
+    mask: torch.Tensor,
+    sigma_err: torch.Tensor,
+    obs_variance: torch.Tensor,
+    *,
+    bg_lambda: float = 400.0,
+    modality_misfit: Misfit | None = None,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``z -> (J(z), x(z))`` with ``x(z) = x_b + d(z) sigma`` and
+
+    ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x(z) - y)^2 / R + M(x(z))) / lambda``,
+
+    ``M`` the ``modality_misfit`` (0 when ``None``): the observation terms of other
+    instruments, weighted by ``1/lambda`` as the state's own. Arguments as
+    :func:`variational_solve`'s; ``J`` is differentiable in ``z``.
+    """
+    sigma = sigma_err.view(1, -1, 1, 1).to(background)
+    weight = mask / obs_variance.view(1, -1, 1, 1).to(background) / bg_lambda  # (1, C, H, W)
+
+    def cost(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        analysis = background + decode(latent) * sigma
+        value = 0.5 * (latent**2).sum() + 0.5 * (weight * (analysis - observation) ** 2).sum()
+        if modality_misfit is not None:
+            value = value + modality_misfit(analysis) / bg_lambda
+        return value, analysis
+
+    return cost
+
+
 def variational_solve(
     decode: Callable[[torch.Tensor], torch.Tensor],
     background: torch.Tensor,
@@ -54,8 +91,10 @@ def variational_solve(
     max_iter: int = 10,
     history_size: int = 10,
     z0: torch.Tensor | None = None,
+    modality_misfit: Misfit | None = None,
 ) -> VariationalSolution:
-    """Minimise ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x_b + d(z) sigma - y)^2 / R) / lambda``.
+    """Minimise ``J(z) = 1/2 ||z||^2 + (1/2 sum mask (x_b + d(z) sigma - y)^2 / R + M) / lambda``
+    (:func:`latent_cost`; ``M`` = 0 without ``modality_misfit``).
 
     Parameters
     ----------
@@ -74,6 +113,9 @@ def variational_solve(
         search, as upstream).
     z0
         (1, *latent_shape) first guess to start from (a multi-modal adapter's); ``None``: 0.
+    modality_misfit
+        ``M(x)``: further observations' misfit of the analysis (:data:`Misfit`), e.g. the
+        learned modality operators of Multi-VAE-Var; ``None``: none.
 
     Returns
     -------
@@ -81,19 +123,16 @@ def variational_solve(
         Starting from ``z0`` (default 0). With no observations and ``z0 = 0``, ``z* = 0`` (the
         gradient vanishes there).
     """
-    sigma = sigma_err.view(1, -1, 1, 1).to(background)
-    weight = mask / obs_variance.view(1, -1, 1, 1).to(background) / bg_lambda  # (1, C, H, W)
     shape = (1, *latent_shape)
     if z0 is not None and tuple(z0.shape) != shape:
         raise DambenchInputError(f"z0 must be {shape}; got {tuple(z0.shape)}.")
+    cost = latent_cost(
+        decode, background, observation, mask, sigma_err, obs_variance,
+        bg_lambda=bg_lambda, modality_misfit=modality_misfit,
+    )  # fmt: skip
     start = torch.zeros(shape, dtype=background.dtype, device=background.device)
     z = (start if z0 is None else z0.detach().to(background).clone()).requires_grad_(True)
     evaluations = 0
-
-    def cost(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        analysis = background + decode(latent) * sigma
-        misfit = analysis - observation
-        return 0.5 * (latent**2).sum() + 0.5 * (weight * misfit**2).sum(), analysis
 
     def closure() -> torch.Tensor:
         nonlocal evaluations

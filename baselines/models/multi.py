@@ -22,7 +22,11 @@ Composition
     :data:`ADAPTER_SIZES`); ``create_model(name, adapter={...})`` overrides it. A host class
     may name settings the adapter needs in ``adapter_host_kwargs`` (SDA: ``background=
     "context"``); they are the multi model's defaults (:func:`host_defaults`) and a host that
-    is given others refuses the adapter in its ``adapter_slots()``.
+    is given others refuses the adapter in its ``adapter_slots()``. A host class may also
+    declare options of its multi-modal form in ``adapter_options`` (VAE-Var: ``modality_term``,
+    default ``True``): they are kwargs of ``multi_<host>`` (not of the host, so a host
+    checkpoint still loads), applied by the host's ``configure_adapter(**options)`` after the
+    adapter is attached (:func:`host_options`).
 
 Where the context enters (``ModelInfo.adapter_entry``)
     =========  ==============================  ================================================
@@ -33,7 +37,10 @@ Where the context enters (``ModelInfo.adapter_entry``)
     Adas       ``observation_tokens``          the observation stream's tokens after the patch
                                                embedding (B, d, D, Hp, Wp), resized
     VAE-Var    ``latent_initialisation``       the solve's first guess ``z0`` (B, L, H, W);
-                                               ``loss`` adds its misfit (adapter only)
+                                               ``loss`` adds its misfit (adapter only); with
+                                               ``modality_term`` (default) also learned
+                                               operators H_m, sigma_m whose observation term
+                                               enters the solve's J (``loss``: their NLL)
     SDA        ``score_context``               the score network's context ``x_b`` (B, C, H,
                                                W); ``background="context"`` only
     SLAMS      ``encoder_input``               the encoder input (B, 3 C + 2 M, H, W);
@@ -85,6 +92,7 @@ __all__ = [
     "build_multi",
     "freeze_host",
     "host_defaults",
+    "host_options",
     "keep_host_in_eval",
     "multi_info",
 ]
@@ -120,6 +128,13 @@ def _refusal(host: str, info: ModelInfo, cls: type | None) -> str | None:
             "implement it yet (it needs adapter_slots() and a call of adapter_context(self, "
             "batch) at that entry; see baselines/layers/adapter.py)."
         )
+    if getattr(cls, "adapter_options", None) and not callable(
+        getattr(cls, "configure_adapter", None)
+    ):
+        return (
+            f"{host!r} declares adapter_options {cls.adapter_options} but no "
+            "configure_adapter(**options) to apply them."
+        )
     if _size(host) is None:
         return f"{host!r} has no size suffix among {sorted(ADAPTER_SIZES)} to size the adapter."
     return None
@@ -147,14 +162,23 @@ def host_defaults(host: str) -> dict[str, Any]:
     return _host_class_defaults(host, model_class(host))
 
 
+def host_options(host: str) -> dict[str, Any]:
+    """Options of ``multi_<host>`` its host class declares in ``adapter_options``, with their
+    defaults (VAE-Var: ``{"modality_term": True}``), else none. They are the multi model's own
+    kwargs (not the host's: a host checkpoint is compared without them) and reach the host's
+    ``configure_adapter(**options)`` once the adapter is attached."""
+    return dict(getattr(model_class(host), "adapter_options", None) or {})
+
+
 def build_multi(
     host: str,
     *,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     adapter: dict[str, Any] | None = None,
-    **host_kwargs: Any,
+    **kwargs: Any,
 ) -> torch.nn.Module:
-    """``create_model(host, **host_kwargs)`` with a :class:`MultiModalAdapter` attached.
+    """``create_model(host, **host_kwargs)`` with a :class:`MultiModalAdapter` attached, then
+    configured with the host's :func:`host_options`.
 
     Parameters
     ----------
@@ -164,12 +188,17 @@ def build_multi(
         The loader's modality names, in ``batch.modalities`` order.
     adapter
         Adapter settings overriding :data:`ADAPTER_SIZES` of the host's size.
-    host_kwargs
-        The host's kwargs, over :func:`host_defaults`.
+    kwargs
+        The host's options (:func:`host_options`, over their defaults), then the host's
+        kwargs (over :func:`host_defaults`).
     """
     settings = {**ADAPTER_SIZES[_size(host)], **(adapter or {})}
-    kwargs = {**host_defaults(host), **host_kwargs}
-    return attach_adapter(create_model(host, **kwargs), modalities, **settings)
+    options = {name: kwargs.pop(name, value) for name, value in host_options(host).items()}
+    model = create_model(host, **{**host_defaults(host), **kwargs})
+    attach_adapter(model, modalities, **settings)
+    if options:
+        model.configure_adapter(**options)
+    return model
 
 
 def adapter_of(model: torch.nn.Module) -> MultiModalAdapter | None:
@@ -224,6 +253,7 @@ register_composition(
         defaults=lambda host: {
             "modalities": list(DEFAULT_MODALITIES),
             "adapter": dict(ADAPTER_SIZES[_size(host)]),
+            **host_options(host),
         },
         host_defaults=_host_class_defaults,
     )

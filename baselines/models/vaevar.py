@@ -64,10 +64,27 @@ Deliberate deviations
       lambda = 4; 4 outer steps instead of 2 fit the observations harder and score worse.
     - ``seed`` of :meth:`VAEVar.analyse` is accepted for the contract and unused: ``z`` starts at
       0 (or an adapter's ``z0``) and L-BFGS is deterministic.
-    - ``batch.modalities`` are ignored by VAE-Var itself. A multi-modal adapter
-      (``multi_vaevar_*``) gives the solve's first guess ``z0`` (``J`` is unchanged), and
-      ``loss`` then adds ``mean(((x_b + d(z0) sigma_err - x*) / sigma_err)^2)`` (diagnostic
-      ``adapter_first_guess``, decoder weights detached: it trains the adapter only).
+    - ``batch.modalities`` are ignored by VAE-Var itself.
+
+Multi-VAE-Var (``multi_vaevar_*``, :mod:`baselines.models.multi`)
+    The multi-modal adapter gives the solve's first guess ``z0``, and ``loss`` adds
+    ``mean(((x_b + d(z0) sigma_err - x*) / sigma_err)^2)`` (diagnostic ``adapter_first_guess``,
+    decoder weights detached: it trains the adapter only). A first guess alone leaves ``J``
+    unchanged, so a converged solve ends where it would without the modalities (issue 17).
+    With ``modality_term`` (the multi model's option, default ``True``; every shipped
+    ``multi_vaevar_*`` config) the modalities also enter the analysis as observations: a
+    learned operator ``H_m`` and error std ``sigma_m`` per observed modality
+    (:class:`~baselines.layers.modality_operator.ModalityOperator`, in the adapter's
+    ``extras``) add
+
+    ``M(x) = sum_m sum_cells (H_m(x(z)) - y_m)^2 / (2 sigma_m^2)``
+
+    to the observation term of ``J`` (divided by ``lambda`` as the state's own), over the cells
+    where modality ``m`` has data. ``H_m`` and ``sigma_m`` are trained in the fine-tuning by
+    ``loss``'s ``modality_nll``, ``-log N(y_m; H_m(x*), sigma_m^2)`` of the pairs' **target**
+    (the train split's; ``analyse`` never reads a target). ``H_m`` starts at 0, so the
+    fine-tuning starts from the host's analysis. ``modality_term: false`` is the first guess
+    alone (the paper's adapter entry as dambench had it before issue 17).
 """
 
 from __future__ import annotations
@@ -75,13 +92,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import xarray as xr
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
-from baselines.layers.adapter import adapter_context, has_adapter
+from baselines.layers.adapter import (
+    ADAPTER_ATTRIBUTE,
+    adapter_context,
+    adapter_extra,
+    add_adapter_extra,
+    has_adapter,
+)
 from baselines.layers.channel_layout import SURFACE_CHANS, UPPER_VARS, ChannelLayout
 from baselines.layers.covariance import (
     channel_std,
@@ -93,7 +117,8 @@ from baselines.layers.covariance import (
 )
 from baselines.layers.gaussian import check_batch
 from baselines.layers.lgunet import RECOVERIES, LGUnet
-from baselines.layers.variational import VariationalSolution, variational_solve
+from baselines.layers.modality_operator import ModalityData, ModalityOperator
+from baselines.layers.variational import Misfit, VariationalSolution, variational_solve
 from baselines.registry import register_variants
 from dambench import schema
 from dambench.exceptions import DambenchInputError
@@ -106,6 +131,8 @@ DEFAULT_OBS_ERROR_FLOOR = 1e-3
 """Smallest observation-error std in R (normalised units), so R stays positive."""
 INCREMENTS = ("centred", "raw")
 """Decoded increments (module docstring): ``D(z) - D(0)`` (default) or upstream's ``D(z)``."""
+MODALITY_OPERATOR = "modality_operator"
+"""Name of Multi-VAE-Var's :class:`ModalityOperator` among the adapter's extras."""
 
 
 # --- building blocks ---------------------------------------------------------------------------
@@ -156,6 +183,9 @@ class VAEVar(BaselineModule):
         variant); by default the model is unfitted and refuses ``loss``/``analyse`` until
         :meth:`fit` has run on the train split.
     """
+
+    adapter_options: ClassVar[dict[str, Any]] = {"modality_term": True}
+    """Options of ``multi_vaevar_*`` (:meth:`configure_adapter`; module docstring)."""
 
     def __init__(
         self,
@@ -358,7 +388,21 @@ class VAEVar(BaselineModule):
             first_guess = self._first_guess_error(batch, eps)
             loss = loss + first_guess
             diagnostics["adapter_first_guess"] = float(first_guess.detach())
+        operator = self.modality_operator()
+        if operator is not None:
+            nll = self._modality_nll(operator, batch)
+            loss = loss + nll
+            diagnostics["modality_nll"] = float(nll.detach())
         return LossAndDiagnostics(loss, diagnostics)
+
+    def _modality_nll(self, operator: ModalityOperator, batch: DABatch) -> torch.Tensor:
+        """The operators' ``-log N(y_m; H_m(x*), sigma_m^2)`` per cell with data (float32;
+        0 for a batch without modalities): it trains ``H_m`` and ``sigma_m`` only."""
+        data = operator.data(batch)
+        if data is None:
+            return batch.target.new_zeros((), dtype=torch.float32)
+        with torch.autocast(batch.target.device.type, enabled=False):
+            return operator.nll(batch.target.float(), data)
 
     def increment(self, z: torch.Tensor) -> torch.Tensor:
         """The decoded increment ``d(z)`` (B, C, H, W) in error units of latents ``z`` (B, L, H,
@@ -393,6 +437,29 @@ class VAEVar(BaselineModule):
         zeros = batch.background.new_zeros((b, sum(self.latent_groups), h, w))
         return adapter_context(self, batch).add(zeros, slot=0)
 
+    def configure_adapter(self, *, modality_term: bool) -> None:
+        """Multi-VAE-Var's option (after :func:`~baselines.layers.adapter.attach_adapter`):
+        with ``modality_term``, learned operators of the adapter's observed modalities whose
+        observation term enters ``J`` (module docstring); without, the first guess alone.
+
+        Raises
+        ------
+        DambenchInputError
+            ``modality_term`` is not a bool, or the modalities hold no observed one.
+        """
+        if not isinstance(modality_term, bool):
+            raise DambenchInputError(
+                f"modality_term must be true or false; got {modality_term!r}."
+            )
+        if modality_term:
+            modalities = getattr(self, ADAPTER_ATTRIBUTE).modalities
+            operator = ModalityOperator(self.in_chans, modalities)
+            add_adapter_extra(self, MODALITY_OPERATOR, operator)
+
+    def modality_operator(self) -> ModalityOperator | None:
+        """Multi-VAE-Var's modality operators (``modality_term``), or ``None``."""
+        return adapter_extra(self, MODALITY_OPERATOR)
+
     def adapter_slots(self) -> tuple[int, ...]:
         """Channels of the adapter entry (``ModelInfo.adapter_entry``): the first guess of the
         latent ``z``, (B, sum(latent_groups), H, W)."""
@@ -411,13 +478,16 @@ class VAEVar(BaselineModule):
         """The variational solve for every sample of ``batch`` (gradients on inside).
 
         Runs in float32 with the decoder in eval mode, whatever the caller's grad mode,
-        autocast or the module's training flag (restored afterwards).
+        autocast or the module's training flag (restored afterwards). With Multi-VAE-Var's
+        ``modality_term``, each sample's ``J`` includes its modalities' observation term.
         """
         check_batch(batch, self.in_chans, type(self).__name__)
         self._require_fitted()
         obs_variance = self.obs_error_std.clamp(min=self.obs_error_floor) ** 2
         with torch.no_grad():  # the first guess is a starting point, not part of the graph
             z0 = self._first_guess(batch).float()  # (B, L, H, W), 0 without an adapter
+        operator = self.modality_operator()
+        data = None if operator is None else operator.data(batch)
         was_training = self.decoder.training
         self.decoder.eval()
         device_type = batch.background.device.type
@@ -432,12 +502,28 @@ class VAEVar(BaselineModule):
                         getattr(batch, name)[i : i + 1].float().clone()
                         for name in ("background", "observation", "mask")
                     ]
-                    solutions.append(self._solve_one(*fields, obs_variance, z0[i : i + 1]))
+                    misfit = self._sample_misfit(operator, data, i)
+                    solutions.append(
+                        self._solve_one(*fields, obs_variance, z0[i : i + 1], misfit)
+                    )
         finally:
             self.decoder.train(was_training)
         return solutions
 
-    def _solve_one(self, background, observation, mask, obs_variance, z0) -> VariationalSolution:
+    @staticmethod
+    def _sample_misfit(
+        operator: ModalityOperator | None, data: ModalityData | None, index: int
+    ) -> Misfit | None:
+        """The modalities' observation term of sample ``index`` (float32), ``None`` without
+        an operator or without a cell with data in that sample."""
+        if operator is None or data is None or not bool(data.cells[index].any()):
+            return None
+        sample = data.sample(index)
+        return operator.misfit(ModalityData(sample.values.float(), sample.cells))
+
+    def _solve_one(
+        self, background, observation, mask, obs_variance, z0, misfit
+    ) -> VariationalSolution:
         latent_shape = (sum(self.latent_groups), *background.shape[-2:])
         return variational_solve(
             self._solve_increment(latent_shape, background),
@@ -452,6 +538,7 @@ class VAEVar(BaselineModule):
             max_iter=self.lbfgs_max_iter,
             history_size=self.lbfgs_history,
             z0=z0,
+            modality_misfit=misfit,
         )
 
     def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
@@ -486,6 +573,20 @@ class VAEVar(BaselineModule):
             "latent_channels": sum(self.latent_groups),
             "increment": self.increment_form,
             "recovery": self.recovery,
+            **self._modality_settings(),
+        }
+
+    def _modality_settings(self) -> dict:
+        """Multi-VAE-Var's modality term for results.json (nothing for the plain host)."""
+        if not has_adapter(self):
+            return {}
+        operator = self.modality_operator()
+        if operator is None:
+            return {"modality_term": False}
+        sigma = torch.exp(operator.log_sigma.detach()).tolist()
+        return {
+            "modality_term": True,
+            "modality_sigma": dict(zip(operator.observed_names, sigma, strict=True)),
         }
 
 
