@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from dambench import schema
 from dambench.channels import to_channels
 from dambench.exceptions import DambenchInputError
 from dambench.grid import CANONICAL_GRID, Grid, rename_aliases, to_canonical
@@ -192,6 +193,29 @@ class Era5Reader:
         """
         ds = self.dataset
         ds = ds.isel(time=slice(0, 0)) if times is None else select_times(ds, times, self.path)
-        field = open_era5(ds, channels=channels or self.channels, grid=None)
+        field = read_channels(ds, channels or self.channels, self.path)
         field.attrs = {"source": self.path}
-        return field.load()
+        return field
+
+
+def read_channels(ds: xr.Dataset, channels: Sequence[str], source: str) -> xr.DataArray:
+    """The stacked ``channels`` of ``ds`` (already cut to the times wanted), loaded.
+
+    Each variable is read with one indexing operation at the levels the channels need, so a
+    chunk that holds all the levels of a time (ARCO-ERA5's ``(1, 37, 721, 1440)``) is fetched and
+    decompressed once, not once per channel; the other levels are never read.
+    """
+    per_variable = schema_variables(_canonical_layout(ds, 0), source, channels)
+    per_variable = _needed_levels(per_variable, channels).load()
+    return to_channels(per_variable, channels)
+
+
+def _needed_levels(ds: xr.Dataset, channels: Sequence[str]) -> xr.Dataset:
+    """``ds`` with each upper-air variable cut to the levels ``channels`` name (lazily)."""
+    out = {}
+    for name, field in ds.data_vars.items():
+        levels = [schema.CHANNEL_LEVEL[c] for c in channels if schema.CHANNEL_VARIABLE[c] == name]
+        if schema.LEVEL in field.dims:
+            field = field.sel({schema.LEVEL: sorted(set(levels))})
+        out[name] = field
+    return xr.Dataset(out)
