@@ -51,6 +51,7 @@ class Leaderboard:
     comparisons: list[dict] = field(default_factory=list)
     scorecard: list[dict] = field(default_factory=list)
     observed: str | None = None
+    methods: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -84,8 +85,10 @@ def load_scores(folder: str | os.PathLike) -> pd.DataFrame | None:
 
 def observed_table(frames: Sequence[pd.DataFrame], board: Leaderboard) -> str | None:
     """Scores at observed and unobserved points and O-A of every leaderboard row on the common
-    channels (each row from the first result that scored it), headed like the leaderboard;
-    None when no result recorded them."""
+    channels, in the leaderboard's order (each row from the first result that scored it; the
+    rows each result scored beside its own, such as the dataset's ``Background``, only when
+    they are leaderboard rows), headed like the leaderboard; None when no result recorded
+    them."""
     from dambench.scoring.report import OBSERVED_TABLE, format_channel_table
 
     metrics = [metric for _, metric, _ in OBSERVED_TABLE]
@@ -98,6 +101,9 @@ def observed_table(frames: Sequence[pd.DataFrame], board: Leaderboard) -> str | 
         return None
     first = stacked.groupby("model")["source"].transform("min")
     stacked = stacked[stacked["source"] == first]  # each row from the first result holding it
+    stacked = _in_order(stacked, board.methods)
+    if stacked.empty:
+        return None
     table = format_channel_table(stacked, board.common.channels, layout=OBSERVED_TABLE)
     head = board.markdown.split("\n|", 1)[0].split("Units:")[0]
     units = (
@@ -106,6 +112,15 @@ def observed_table(frames: Sequence[pd.DataFrame], board: Leaderboard) -> str | 
         f"{board.reference} row's O-A is O-B)."
     )
     return f"{head}Units: {units}\n\n{table}"
+
+
+def _in_order(frame: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``frame`` whose model is one of ``methods``, in that order (all rows, as
+    they are, when ``methods`` is empty)."""
+    if not methods:
+        return frame
+    parts = [frame[frame["model"] == m] for m in methods]
+    return pd.concat(parts) if parts else frame.iloc[:0]
 
 
 def _rows(results: Sequence[dict], reference: str) -> tuple[list[Row], Row]:
@@ -191,7 +206,8 @@ def leaderboard(
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body]
     markdown = _heading(results[0], common, ref.name) + "\n" + "\n".join(lines)
     cells = scorecard_cells(rows, ref, common, n_resamples=n_resamples, seed=seed)
-    return Leaderboard(markdown, common, ref.name, comparisons, cells)
+    methods = [row.name for row in rows]
+    return Leaderboard(markdown, common, ref.name, comparisons, cells, methods=methods)
 
 
 def _heading(first: dict, common: Common, reference: str) -> str:
