@@ -16,7 +16,9 @@ What is run
    ``--olr``, ``--fengwu`` replace) and its splits at the N cycles (half train, a quarter
    validation, the rest test), ``--workers`` threads or ``--scheduler``. Seconds by stage are
    measured from outside the package by wrapping its functions (``benchmarks/_stages.py``:
-   exclusive wall time, summed over threads, i.e. worker-seconds).
+   exclusive wall time, summed over threads, i.e. worker-seconds); with ``--scheduler`` the
+   stages run in the scheduler's workers and are not measured (the output says so).
+   ``--cycles-per-shard`` overrides the config's block size (printed with the figures).
 4. ``dambench verify OUT``; ``dambench.open_dataset(OUT)`` and one cycle read.
 5. ``benchmarks/bench_loader.py --folder OUT``: ``make_dataloader`` samples/s at 69 channels
    against raw zarr reads of the same cycles.
@@ -125,6 +127,16 @@ def run_measured(command: list[str], **kwargs) -> tuple[int, float, float, str]:
     return process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, output
 
 
+SCHEDULER_STAGES_NOTE = (
+    "seconds per cycle by stage: NOT MEASURED with --scheduler (the stages run in the "
+    "scheduler's worker processes, which this benchmark does not instrument; only the build's "
+    "wall time above is measured); run with --workers for the stage figures"
+)
+BUILD_PROCESS = {False: "one worker", True: "the client only; the workers are not measured"}
+SCHEDULER_PROJECTION_NOTE = (
+    "projection, full build: not computed with --scheduler (it needs the stage figures)"
+)
+
 # --- steps ----------------------------------------------------------------------------------
 
 
@@ -156,6 +168,8 @@ def run_build(args, inputs: RehearsalInputs, url: str, out: Path) -> dict:
     overrides = build_overrides(
         shipped, inputs, url, allow_coarse=args.analysis_grid_deg > inputs.grid_deg
     )
+    if args.cycles_per_shard is not None:
+        overrides["cycles_per_shard"] = args.cycles_per_shard
     spec = {
         "out": str(out),
         "workers": args.workers,
@@ -171,7 +185,8 @@ def run_build(args, inputs: RehearsalInputs, url: str, out: Path) -> dict:
         print(output[-4000:])
         raise SystemExit(f"build failed (exit status {status}); its output is above")
     result = json.loads(Path(spec["result"]).read_text())
-    return {**result, "peak_rss_mb": rss_mb, "wall_s": wall}
+    per_shard = overrides.get("cycles_per_shard", shipped["cycles_per_shard"])
+    return {**result, "peak_rss_mb": rss_mb, "wall_s": wall, "cycles_per_shard": per_shard}
 
 
 def verify_and_load(out: Path) -> str:
@@ -319,6 +334,14 @@ def folder_bytes(folder: Path) -> int:
 # --- main -----------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, found {text}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -344,6 +367,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=0.25,
         help="grid of the FengWu stand-in (FengWu's is 0.25; coarser only for memory runs)",
+    )
+    parser.add_argument(
+        "--cycles-per-shard",
+        type=_positive_int,
+        help="override of the config's cycles_per_shard (the block a worker holds; recorded in "
+        "the output); compare peak RSS across --cycles only at the same value",
     )
     parser.add_argument("--build-only", action="store_true", help="skip loader and evaluate")
     parser.add_argument("--child-build", help=argparse.SUPPRESS)
@@ -378,21 +407,39 @@ def main(argv=None) -> None:
         server.join(timeout=30)
 
 
+def header_lines(args, n: int, result: dict) -> list[str]:
+    """What was run (with the block size: the config's or ``--cycles-per-shard``) and the
+    build's wall time and peak RSS."""
+    return [
+        f"era5-fengwu rehearsal: {n} cycles, 69 channels, inputs over HTTP ({args.fault_rate:.0%} "
+        f"transient faults injected), {args.workers} worker thread(s)"
+        + (f", scheduler {args.scheduler}" if args.scheduler else "")
+        + f", {result['cycles_per_shard']} cycles per shard"
+        + (" (--cycles-per-shard)" if args.cycles_per_shard else " (the config's)"),
+        f"build: {result['build_s']:.0f} s ({result['build_s'] / n:.1f} s per cycle), peak RSS "
+        f"of the build process ({BUILD_PROCESS[bool(args.scheduler)]}) "
+        f"{result['peak_rss_mb']:.0f} MB",
+    ]
+
+
+def figure_lines(args, n: int, result: dict) -> tuple[list[str], list[str], float]:
+    """Stage lines, projection lines and projected worker-hours; with ``--scheduler`` notes that
+    they are not measured (the stages run in processes this benchmark does not instrument) and
+    NaN worker-hours."""
+    lines, figures = stage_lines(result, n)
+    proj, worker_hours = projection_lines(figures)
+    if args.scheduler:
+        return [SCHEDULER_STAGES_NOTE], [SCHEDULER_PROJECTION_NOTE], float("nan")
+    return ["seconds per cycle by stage (worker-seconds):", *lines], proj, worker_hours
+
+
 def report(args, inputs: RehearsalInputs, out: Path, result: dict, stats: dict) -> None:
     """Verify, load, loader and evaluate; print every figure, the last line name=value pairs."""
     n = len(inputs.cycles)
     written = folder_bytes(out)
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(
-        f"era5-fengwu rehearsal: {n} cycles, 69 channels, inputs over HTTP ({args.fault_rate:.0%} "
-        f"transient faults injected), {args.workers} worker thread(s)"
-        + (f", scheduler {args.scheduler}" if args.scheduler else "")
-    )
-    print(f"build: {result['build_s']:.0f} s ({result['build_s'] / n:.1f} s per cycle), peak RSS "
-          f"of the build process (one worker) {result['peak_rss_mb']:.0f} MB")  # fmt: skip
-    lines, figures = stage_lines(result, n)
-    print("seconds per cycle by stage (worker-seconds):")
-    print("\n".join(lines))
+    stages, proj, worker_hours = figure_lines(args, n, result)
+    print("\n".join(header_lines(args, n, result) + stages))
     faults = stats["faults"] / max(stats["requests"], 1)
     print(
         f"HTTP: {stats['requests']} requests, {stats['faults']} injected faults "
@@ -401,7 +448,6 @@ def report(args, inputs: RehearsalInputs, out: Path, result: dict, stats: dict) 
         f"({written / 1e9:.2f} GB)"
     )
     print(verify_and_load(out))
-    proj, worker_hours = projection_lines(figures)
     print("\n".join(proj))
     if not args.build_only:
         text, ratio = run_loader(out)
@@ -418,10 +464,10 @@ def report(args, inputs: RehearsalInputs, out: Path, result: dict, stats: dict) 
         f"written_mb_per_cycle={written / 1e6 / n:.2f} requests={stats['requests']} "
         f"faults={stats['faults']} fault_fraction={faults:.3f} "
         f"build_peak_rss_mb={result['peak_rss_mb']:.0f} "
+        f"cycles_per_shard={result['cycles_per_shard']} "
         f"projection_worker_hours={worker_hours:.1f}"
     )
     sys.stdout.flush()
-
 
 if __name__ == "__main__":
     main()

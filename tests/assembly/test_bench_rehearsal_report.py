@@ -1,0 +1,60 @@
+"""benchmarks/bench_rehearsal.py reporting: the block size is an option and is printed; with
+--scheduler the stage figures are said to be unmeasured instead of printed as zeros."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_rehearsal.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_rehearsal_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(cycles_per_shard: int) -> dict:
+    """A build result as child_build writes it (8 cycles, 4 forecaster steps each)."""
+    seconds = {"read": 16.0, "forecaster": 3.2, "write": 1.6, "setup": 2.0, "finalise": 0.8}
+    return {
+        "build_s": 24.0,
+        "seconds": seconds,
+        "calls": {"forecaster": 32},
+        "missing_hooks": [],
+        "peak_rss_mb": 1000.0,
+        "cycles_per_shard": cycles_per_shard,
+    }
+
+
+def test_cycles_per_shard_is_an_option_and_is_printed(bench):
+    args = bench.parse_args(["--cycles", "8", "--cycles-per-shard", "4"])
+    assert args.cycles_per_shard == 4
+    header = bench.header_lines(args, 8, _result(4))
+    assert "4 cycles per shard (--cycles-per-shard)" in header[0]
+    shipped = bench.parse_args(["--cycles", "8"])
+    assert "32 cycles per shard (the config's)" in bench.header_lines(shipped, 8, _result(32))[0]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cycles-per-shard", "0"])
+
+
+def test_threads_print_the_stage_figures(bench):
+    args = bench.parse_args(["--cycles", "8"])
+    stages, projection, hours = bench.figure_lines(args, 8, _result(32))
+    assert any(line.split()[:2] == ["read", "2.00"] for line in stages)
+    assert "(4 steps per cycle, 0.10 s/step)" in "\n".join(stages)
+    assert projection[0].startswith("projection, full build") and hours > 0
+
+
+def test_scheduler_says_the_stages_are_not_measured(bench):
+    args = bench.parse_args(["--cycles", "8", "--scheduler", "tcp://127.0.0.1:8786"])
+    stages, projection, hours = bench.figure_lines(args, 8, _result(32))
+    assert stages == [bench.SCHEDULER_STAGES_NOTE] and "NOT MEASURED" in stages[0]
+    assert projection == [bench.SCHEDULER_PROJECTION_NOTE] and math.isnan(hours)
+    assert "workers are not measured" in bench.header_lines(args, 8, _result(32))[1]
