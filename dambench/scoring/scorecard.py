@@ -13,6 +13,8 @@ from dambench.exceptions import DambenchInputError
 
 FADED = 0.35
 """Opacity of cells whose difference is not significant."""
+MIN_WIDTH_IN = 4.6
+"""Narrowest figure (inches): the titles of a one-region scorecard fit."""
 
 
 def _grid(cells: Sequence[dict], method: str, channels: list, regions: list):
@@ -53,7 +55,7 @@ def plot_scorecard(cells: Sequence[dict], reference: str, *, title: str = ""):
     channels = list(dict.fromkeys(c["channel"] for c in cells))
     regions = list(dict.fromkeys(c["region"] for c in cells))
     limit = max(1.0, max(abs(c["relative_pct"]) for c in cells))
-    width = 1.6 + 1.1 * len(regions)
+    width = max(MIN_WIDTH_IN, 1.6 + 1.1 * len(regions))
     height = 0.9 + (0.45 * len(channels) + 0.6) * len(methods)
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(len(methods), 1, squeeze=False)[:, 0]
