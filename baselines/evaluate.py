@@ -11,8 +11,10 @@
 into a prediction store (``OUT/predictions/seed<k>.zarr``, with a ``member`` dim for ensembles)
 and scores the stores with :func:`dambench.evaluate_predictions`: Table 3 (the ensemble mean
 for sampling models), fair CRPS and spread/skill for ensembles, block-bootstrap intervals, a tidy
-``scores.parquet``, ``summary.json`` and figures. ``results.json`` adds the model's provenance
-and its analysis cost. Nothing here names a model: dispatch is on ``ModelInfo``.
+``scores.parquet``, ``summary.json`` and figures. ``results.json`` adds the model's provenance,
+its analysis cost and, for models that log them (SDA, SLAMS: ``model.innovations``), the
+normalised innovations ``(member - y) / sigma_o`` per channel and seed
+(:func:`innovation_summary`). Nothing here names a model: dispatch is on ``ModelInfo``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,53 @@ def without_target(batch: DABatch) -> DABatch:
     return replace(batch, target=None)
 
 
+INNOVATION_DEFINITION = (
+    "(member - y) / sigma_o at the observed points, per channel over every cycle and member: "
+    "rms (about 1 or below when the sampler samples the posterior), beyond_5 (share of values "
+    "beyond 5 in magnitude; 0 when it works), points (observed points)"
+)
+
+
+def innovation_summary(records: list[dict], channels: list[str]) -> dict[str, dict]:
+    """Per-channel normalised innovations over cycles from the per-batch records a model keeps
+    in ``model.innovations`` (:func:`baselines.layers.diffusion.normalised_innovations`:
+    ``rms``, ``beyond_5`` and ``count`` lists in channel order).
+
+    Each batch weighs by its observed points (every batch has the same members): ``rms`` is
+    the root of the point-weighted mean square, ``beyond_5`` the point-weighted share;
+    ``points`` the total. A channel never observed gets ``None`` for both.
+
+    Raises
+    ------
+    DambenchInputError
+        A record whose lists do not have one value per channel.
+    """
+    if not records:
+        return {}
+    arrays = {}
+    for key in ("rms", "beyond_5", "count"):
+        values = np.array([r[key] for r in records], dtype=np.float64)  # (batches, C)
+        if values.shape[1:] != (len(channels),):
+            raise DambenchInputError(
+                f"model.innovations[{key!r}] has {values.shape[1:]} values per batch; expected "
+                f"one per channel ({len(channels)}: {', '.join(channels)})."
+            )
+        arrays[key] = values
+    points = arrays["count"].sum(axis=0)
+    weights = arrays["count"]
+    square = np.where(weights > 0, arrays["rms"] ** 2 * weights, 0.0).sum(axis=0)
+    beyond = np.where(weights > 0, arrays["beyond_5"] * weights, 0.0).sum(axis=0)
+    out = {}
+    for c, channel in enumerate(channels):
+        seen = points[c] > 0
+        out[channel] = {
+            "rms": float(np.sqrt(square[c] / points[c])) if seen else None,
+            "beyond_5": float(beyond[c] / points[c]) if seen else None,
+            "points": int(points[c]),
+        }
+    return out
+
+
 def predict_to_store(
     model,
     ds,
@@ -118,13 +167,16 @@ def predict_to_store(
     attrs,
     modalities=None,
     keep=None,
+    innovations: list | None = None,
 ):
     """Stream ``model``'s analyses of every cycle of ``ds`` to a prediction store.
 
     The model's ``analyse`` owns its grad mode (nothing here wraps it in ``no_grad``); each
     batch's members are drawn from a seed of ``(sample_seed, first cycle index)``. ``modalities``
     selects the loader's modalities (as in training), ``keep`` withholds the others
-    (:func:`withhold_modalities`). Returns the wall seconds per cycle.
+    (:func:`withhold_modalities`). When ``innovations`` is a list, the ``model.innovations``
+    record each analysis leaves (a new one per call; models without it leave none) is appended
+    to it. Returns the wall seconds per cycle.
     """
     from dambench.batching import make_dataloader
     from dambench.scoring import PredictionWriter
@@ -152,7 +204,11 @@ def predict_to_store(
     started, cycle = time.perf_counter(), 0
     for raw in loader:
         batch = without_target(withhold_modalities(DABatch.from_loader(raw), names, keep))
+        before = getattr(model, "innovations", None)
         analysis = model.analyse(batch, members=members, seed=_cycle_seed(sample_seed, cycle))
+        after = getattr(model, "innovations", None)
+        if innovations is not None and after and after is not before:
+            innovations.append(after)
         values = analysis.members if members else analysis.mean  # (B, [N,] C, H, W)
         values = _denormalise(values.detach().double().cpu().numpy(), mean, std)
         for row in values:
@@ -265,8 +321,10 @@ def modality_labels(ds: xr.Dataset, keep: list[str] | None) -> dict:
 
 
 def _predict_all(args, ds, stats, models, out: Path, name: str) -> dict:
-    """Stream each seed's analyses to ``OUT/predictions/seed<k>.zarr``."""
-    stores, seeds, provenance, seconds = [], [], [], []
+    """Stream each seed's analyses to ``OUT/predictions/seed<k>.zarr``; ``innovations`` maps
+    each seed that logged them to its :func:`innovation_summary`."""
+    stores, seeds, provenance, seconds, innovations = [], [], [], [], {}
+    channels = [str(c) for c in ds[schema.CHANNEL].values]
     keep = _kept_modalities(args.modalities)
     for k, model in enumerate(models):
         meta = _provenance(model, args.checkpoint[k] if args.checkpoint else None)
@@ -282,11 +340,20 @@ def _predict_all(args, ds, stats, models, out: Path, name: str) -> dict:
             "modalities": meta.get("task_modalities"),
             "keep": keep,
         }
-        seconds.append(predict_to_store(model, ds, stats, store, **options))
+        records: list[dict] = []
+        seconds.append(predict_to_store(model, ds, stats, store, innovations=records, **options))
+        if records:
+            innovations[str(seed)] = innovation_summary(records, channels)
         stores.append(store)
         seeds.append(seed)
         provenance.append(meta)
-    return {"stores": stores, "seeds": seeds, "models": provenance, "seconds": seconds}
+    return {
+        "stores": stores,
+        "seeds": seeds,
+        "models": provenance,
+        "seconds": seconds,
+        "innovations": innovations,
+    }
 
 
 def _warn_other_dataset(models: list[dict], summary: dict) -> None:
@@ -342,6 +409,11 @@ def run(args: argparse.Namespace) -> dict:
         "sample_seed": args.sample_seed,
         "analysis_seconds_per_cycle": float(np.mean(predicted["seconds"])),
     }
+    if predicted["innovations"]:
+        results["innovations"] = {
+            "definition": INNOVATION_DEFINITION,
+            "seeds": predicted["innovations"],
+        }
     _warn_other_dataset(predicted["models"], report.summary)
     if models[0].info.uses_modalities:
         results["modalities"] = modality_labels(ds, _kept_modalities(args.modalities))
@@ -418,27 +490,19 @@ def host_relation(multi: dict, host: dict) -> str:
 
 
 def improvement(multi: dict, host: dict, *, seed: int = 0) -> dict:
-    """Table 4's Imp: the relative MSE improvement of a Multi-X result over the X result it was
-    built on (:func:`host_relation`), ``100 (1 - MSE_multi / MSE_host)`` %, with a paired
-    block-bootstrap interval over the same cycles (results of other dataset digests, splits,
-    cycles or hosts are refused)."""
-    from dambench.scoring.bootstrap import block_bootstrap
+    """Table 4's Imp of a Multi-X result over the X result it was built on
+    (:func:`host_relation`): :func:`dambench.scoring.comparison.relative_improvement`, ``100 (1
+    - MSE_multi / MSE_host)`` % on the channels both scored, with its paired block-bootstrap
+    interval over the same cycles. Results of other dataset digests, splits, cycles or hosts
+    are refused. Returns its ``value``, ``ci``, ``n``, ``block_length``, ``channels`` and
+    ``notes``, and ``host`` (how Multi-X was built on X)."""
+    from dambench.scoring.comparison import relative_improvement
     from dambench.scoring.identity import check_same_data
 
     check_same_data(multi, host)
     relation = host_relation(multi, host)
-    a = np.asarray(host["per_cycle"][host["model"]]["MSE(1e-2)"])
-    b = np.asarray(multi["per_cycle"][multi["model"]]["MSE(1e-2)"])
-    interval = block_bootstrap(
-        np.stack([a, b], axis=1), statistic=lambda m: 100 * (1 - m[..., 1] / m[..., 0]), seed=seed
-    )
-    return {
-        "value": interval.value,
-        "ci": [interval.low, interval.high],
-        "n": interval.n,
-        "block_length": interval.block_length,
-        "host": relation,
-    }
+    imp = relative_improvement(multi, host, seed=seed)
+    return {**imp, "host": relation}
 
 
 def table4(results: list[dict]) -> str | None:
@@ -464,12 +528,19 @@ def table4(results: list[dict]) -> str | None:
         rows[multi["model"]] = row
         notes.append(
             f"- {multi['model']} over {host['model']}: modalities {_used_text(multi)}; "
-            f"{training_note(multi, host)}"
+            f"{training_note(multi, host)}; Imp on {_channels_text(row['Imp (%)'])}"
         )
     if not rows:
         return None
     columns = [title for title, *_ in TABLE3] + ["Imp (%)"]
     return _format_rows(rows, columns) + "\n\n" + "\n".join(notes)
+
+
+def _channels_text(imp: dict) -> str:
+    """``channels u10, t2m (NOTE; NOTE)``: the channels an Imp was computed on and what was
+    left out."""
+    text = f"channels {', '.join(imp['channels'])}"
+    return text + (f" ({'; '.join(imp['notes'])})" if imp["notes"] else "")
 
 
 def _used_text(result: dict) -> str:

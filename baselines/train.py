@@ -29,6 +29,7 @@ follow one process with batch N*b.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
@@ -156,6 +157,9 @@ class TrainData:
     whole: xr.Dataset
     """The whole dataset (all splits, lazy) that ``dataset`` identifies."""
     modality_names: list[str] = field(default_factory=list)
+    val_ds: xr.Dataset | None = None
+    """The validation split (lazy, physical units) that ``val`` loads: a ``fit`` that measures
+    statistics on validation cycles (SLAMS' ``sigma_z``) is given it (:func:`fit_model`)."""
 
     @property
     def normalization(self) -> dict[str, list]:
@@ -202,7 +206,9 @@ def make_loaders(cfg: RunConfig, rank: int, world: int) -> TrainData:
     whole = open_dataset(cfg.task.dataset)
     record = dataset_record(cfg.task.dataset, channels)  # the scorer's identity
     names = list(train_samples.modality_names)
-    return TrainData(train, val, sampler, train_ds, stats, channels, record, whole, names)
+    return TrainData(
+        train, val, sampler, train_ds, stats, channels, record, whole, names, val_ds=val_ds
+    )
 
 
 def check_trainable(cfg: RunConfig) -> ModelInfo:
@@ -234,8 +240,30 @@ def build_model(cfg: RunConfig, data: TrainData, device: torch.device) -> torch.
     kwargs = model_kwargs(name, cfg.model.kwargs, channels=data.channels, modalities=names)
     model = create_model(name, **kwargs).to(device)
     if model.info.needs_fit and cfg.model.init_from is None:  # else the checkpoint's fit is kept
-        model.fit(data.train_ds, data.stats, verbose=False)
+        fit_model(model, data)
     return model
+
+
+def fit_model(model: torch.nn.Module, data: TrainData) -> None:
+    """``model.fit`` on the train split; a ``fit`` with a ``validation`` parameter (SLAMS,
+    which measures ``sigma_z`` there) is also given the run's validation split, the cycles the
+    validation loader reads.
+
+    Raises
+    ------
+    DambenchInputError
+        A ``fit`` that takes ``validation`` while the run has no validation split.
+    """
+    options: dict[str, Any] = {"verbose": False}
+    if "validation" in inspect.signature(model.fit).parameters:
+        if data.val_ds is None:
+            raise DambenchInputError(
+                f"{type(model).__name__}.fit measures statistics on validation cycles, but the "
+                "run has no validation split (TrainData.val_ds is None); build the data with "
+                "make_loaders, which opens split='validation'."
+            )
+        options["validation"] = data.val_ds
+    model.fit(data.train_ds, data.stats, **options)
 
 
 def start_from(cfg: RunConfig, data: TrainData, model: torch.nn.Module) -> dict | None:

@@ -142,10 +142,19 @@ def _recipe(name: str, **train) -> dict:
     }
 
 
-def _result(name: str, model_name: str, mse_per_cycle, digest="d" * 64, seed=0) -> dict:
-    values = list(map(float, mse_per_cycle))
+CHANNELS = ["u10", "v10", "t2m", "msl"]
+
+
+def _result(name: str, model_name: str, mse_per_cycle, digest="d" * 64, seed=0,
+            per_channel: dict | None = None) -> dict:  # fmt: skip
+    """A ``results.json`` of one seed: per-cycle MSE(1e-2) ``mse_per_cycle`` in every channel
+    of ``CHANNELS``, or per channel (``per_channel``: channel -> per-cycle MSE(1e-2))."""
+    per_channel = per_channel or dict.fromkeys(CHANNELS, mse_per_cycle)
+    stacked = np.array([np.asarray(v, dtype=np.float64) for v in per_channel.values()])
+    values = [float(v) for v in stacked.mean(axis=0)]
     entry = {"value": float(np.mean(values)), "ci": [0.0, 1.0], "std_over_seeds": None}
     host_name = model_name.removeprefix("multi_")
+    normalised = {c: [float(x) / 100 for x in v] for c, v in per_channel.items()}
     return {
         "model": name,
         "models": [
@@ -158,8 +167,10 @@ def _result(name: str, model_name: str, mse_per_cycle, digest="d" * 64, seed=0) 
         "dataset_digest": digest,
         "split": "test",
         "times": [f"2024-01-{d:02d}" for d in range(1, len(values) + 1)],
+        "channels": list(per_channel),
         "table3": {name: {"MSE(1e-2)": entry}},
         "per_cycle": {name: {"MSE(1e-2)": values}},
+        "per_cycle_channels": {name: {"global": {"mse_norm": normalised}}},
         "modalities": {"used": ["precip"], "sources": {"precip": "ERA5 tp at capitals"}},
     }
 
@@ -190,6 +201,28 @@ def test_table4_imp_is_the_relative_mse_improvement_with_a_paired_interval(tmp_p
     other = _result("Multi", "multi_convcnp_small", multi, digest="e" * 64)
     with pytest.raises(DambenchInputError, match="dataset_digest differ"):
         evaluate.improvement(other, results[0])
+
+
+def test_table4_imp_is_made_on_the_channels_both_results_scored():
+    """A Multi-X scored on u10 and t2m against its host scored on all four channels: Imp is
+    dambench.scoring's relative improvement on u10 and t2m (the old formula divided the mean
+    over two channels by the mean over four)."""
+    rng = np.random.default_rng(2)
+    host = {c: rng.uniform(10 * (k + 1), 10 * (k + 2), 30) for k, c in enumerate(CHANNELS)}
+    multi = {c: host[c] * 0.8 for c in ("u10", "t2m")}
+    results = [
+        _result("ConvCNP", "convcnp_small", None, per_channel=host),
+        _result("Multi", "multi_convcnp_small", None, per_channel=multi),
+    ]
+    with pytest.warns(UserWarning, match="common channels u10, t2m"):
+        imp = evaluate.improvement(results[1], results[0])
+    shared = np.mean([host["u10"], host["t2m"]], axis=0).mean()
+    assert imp["value"] == pytest.approx(100 * (1 - 0.8 * shared / shared))
+    assert imp["channels"] == ["u10", "t2m"] and imp["host"] == "same recipe"
+    assert imp["ci"][0] <= imp["value"] <= imp["ci"][1]
+    with pytest.warns(UserWarning):
+        table = evaluate.table4(results)
+    assert "Imp on channels u10, t2m (compared on the common channels u10, t2m" in table
 
 
 def test_table4_refuses_an_imp_across_different_hosts(tmp_path):
@@ -310,3 +343,77 @@ def test_a_kept_modality_group_keeps_its_gauge_count_and_the_labels_say_so():
     labels = evaluate.modality_labels(ds, evaluate._kept_modalities("none"))
     assert labels["used"] == [] and labels["withheld"] == ["precip", "precip_gauges"]
     assert labels["sources"] == {"precip": "ERA5 tp at 70 capitals"}
+
+
+class _InnovationProbe(BaselineModule):
+    """An ensemble whose members are the background shifted by 0.1 k, keeping
+    ``innovations`` as SDA and SLAMS do; records each batch's observations and members."""
+
+    def __init__(self, std):
+        super().__init__()
+        self.std, self.seen = torch.as_tensor(std, dtype=torch.float32), []
+
+    def analyse(self, batch, *, members=None, seed=0):
+        from baselines.layers.diffusion import normalised_innovations
+
+        shifts = 0.1 * torch.arange(members, dtype=torch.float32).reshape(1, -1, 1, 1, 1)
+        stacked = batch.background[:, None] + shifts  # (B, N, C, H, W)
+        self.innovations = normalised_innovations(
+            stacked, batch.observation, batch.mask, self.std
+        )
+        self.seen.append((stacked, batch.observation, batch.mask))
+        return Analysis.from_members(stacked)
+
+
+def test_innovations_pooled_over_cycles_equal_one_computation_over_the_split(folder, tmp_path):
+    ds = open_dataset(folder, split="test")
+    std = [0.3, 0.3, 0.05, 0.08]
+    probe, records = _InnovationProbe(std), []
+    options = {"members": 3, "sample_seed": 0, "batch_size": 2, "attrs": {}}
+    evaluate.predict_to_store(probe, ds, stats_from_attrs(ds), tmp_path / "p.zarr",
+                              innovations=records, **options)  # fmt: skip
+    assert len(records) == 4  # 7 cycles in batches of 2, 2, 2, 1
+    summary = evaluate.innovation_summary(records, CHANNELS)
+    members = torch.cat([m for m, _, _ in probe.seen]).double()  # (T, N, C, H, W)
+    observation = torch.cat([o for _, o, _ in probe.seen]).double()[:, None]
+    mask = torch.cat([k for _, _, k in probe.seen]).bool()[:, None].expand_as(members)
+    z = (members - observation) / torch.tensor(std, dtype=torch.float64).reshape(1, 1, 4, 1, 1)
+    for c, channel in enumerate(CHANNELS):
+        values = z[:, :, c][mask[:, :, c]]
+        assert summary[channel]["rms"] == pytest.approx(float(values.square().mean().sqrt()))
+        assert summary[channel]["beyond_5"] == pytest.approx(float((values.abs() > 5).double().mean()))
+        observed = ds["observation"].sel(channel=channel).notnull().sum()
+        assert summary[channel]["points"] == int(observed) > 0
+
+
+def test_innovation_summary_of_an_unobserved_channel_and_a_wrong_length():
+    record = {"rms": [1.0, float("nan")], "beyond_5": [0.0, float("nan")], "count": [10.0, 0.0]}
+    summary = evaluate.innovation_summary([record, record], ["u10", "t2m"])
+    assert summary == {
+        "u10": {"rms": 1.0, "beyond_5": 0.0, "points": 20},
+        "t2m": {"rms": None, "beyond_5": None, "points": 0},
+    }
+    assert evaluate.innovation_summary([], ["u10"]) == {}
+    with pytest.raises(DambenchInputError, match=r"expected one per channel \(3: u10, v10, t2m\)"):
+        evaluate.innovation_summary([record], ["u10", "v10", "t2m"])
+
+
+def test_a_slams_run_records_its_normalised_innovations_per_channel(folder, tmp_path):
+    config = {
+        "task": {"dataset": str(folder), "batch_size": 1},
+        "model": {"name": "slams_tiny", "kwargs": {}},
+        "train": {"epochs": 1, "max_steps_per_epoch": 2, "amp": False, "select_by": "loss",
+                  "out": str(tmp_path / "slams")},
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    train.run(load_run_config(tmp_path / "c.yaml"), verbose=False)
+    checkpoint = tmp_path / "slams" / "checkpoints" / "best.pt"
+    results = _run(folder, tmp_path / "ens", "--checkpoint", str(checkpoint), "--members", "2")
+    recorded = results["innovations"]
+    assert "(member - y) / sigma_o" in recorded["definition"]
+    per_channel = recorded["seeds"]["0"]
+    assert list(per_channel) == CHANNELS
+    ds = open_dataset(folder, split="test")
+    for channel, entry in per_channel.items():
+        assert entry["points"] == int(ds["observation"].sel(channel=channel).notnull().sum())
+        assert np.isfinite(entry["rms"]) and 0 <= entry["beyond_5"] <= 1

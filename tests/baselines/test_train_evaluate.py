@@ -98,3 +98,26 @@ def test_patch_training_samples_every_window(folder, tmp_path):
     batch = next(iter(loader))
     assert tuple(batch["target"].shape) == (1, len(data.channels), 64, 96)
     assert tuple(batch["latitude"].shape) == (1, 64) and tuple(batch["longitude"].shape) == (1, 96)
+
+
+def test_slams_fit_in_training_measures_sigma_z_on_the_runs_validation_split(folder, tmp_path):
+    """train.py hands SLAMS.fit the validation split its validation loader reads (the old
+    train.py passed none, and fit fell back to looking the split up by the dataset's name or
+    to held-out train cycles)."""
+    from dataclasses import replace
+
+    from dambench.exceptions import DambenchInputError
+
+    path = write_config(tmp_path / "s.yaml", folder, tmp_path / "out")
+    config = yaml.safe_load(path.read_text())
+    config["model"]["name"] = "slams_tiny"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_run_config(path)
+    data = train.make_loaders(cfg, rank=0, world=1)
+    validation = open_dataset(folder, split="validation")
+    assert list(data.val_ds["time"].values) == list(validation["time"].values)
+    model = train.build_model(cfg, data, torch.device("cpu"))
+    assert model.fit_info["latent_std_cycles"] == "validation split (given)"
+    assert model.fit_info["n_latent_std_cycles"] == validation.sizes["time"]
+    with pytest.raises(DambenchInputError, match="no validation split"):
+        train.fit_model(model, replace(data, val_ds=None))
