@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from dambench.exceptions import DambenchInputError
-from dambench.scoring.comparison import paired
 from dambench.scoring.engine import ALL_CHANNELS, CycleScores
 
 REFERENCE_METRIC = "rmse"
@@ -106,6 +105,8 @@ def paired_finite(name_a, name_b, column, values_a, values_b, **kwargs) -> dict:
     DambenchInputError
         No cycle is finite in both series.
     """
+    from dambench.scoring.comparison import paired  # comparison may import this module
+
     keep = finite_in_both(values_a, values_b)
     if not keep.any():
         raise DambenchInputError(
