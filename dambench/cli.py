@@ -102,13 +102,23 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _fengwu_background(background: dict, args: argparse.Namespace) -> dict:
-    model = Path(args.fengwu)
+    """The background of a build with ``--fengwu MODEL``: the model as given (a path or any
+    URL, kept verbatim), the statistics from ``--fengwu-mean``/``--fengwu-std`` or beside it."""
+    model = str(args.fengwu)
     return {
         **background,
-        "model": str(model),
-        "mean": args.fengwu_mean or str(model.with_name("global_means.npy")),
-        "std": args.fengwu_std or str(model.with_name("global_stds.npy")),
+        "model": model,
+        "mean": args.fengwu_mean or beside(model, "global_means.npy"),
+        "std": args.fengwu_std or beside(model, "global_stds.npy"),
     }
+
+
+def beside(path_or_url: str, name: str) -> str:
+    """The file ``name`` in the folder of ``path_or_url``; a URL stays a URL (``Path`` would
+    fold its ``//``)."""
+    if "://" in path_or_url:
+        return path_or_url.rstrip("/").rsplit("/", 1)[0] + "/" + name
+    return str(Path(path_or_url).with_name(name))
 
 
 def add_build(sub) -> None:
@@ -253,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEPENDENCY_LOGGERS = ("gcsfs", "aiohttp", "asyncio", "fsspec", "s3fs", "urllib3", "google")
+"""Loggers of the remote-read libraries: their retries and unclosed-session messages repeat
+what the one error line says, so they are shown with ``--debug`` only."""
+
+
+def quiet_dependencies(debug: bool) -> None:
+    """Below ``--debug``, only CRITICAL records of :data:`DEPENDENCY_LOGGERS` are shown."""
+    for name in DEPENDENCY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dambench`` command; returns the exit status.
 
@@ -265,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet_dependencies(debug)
     try:
         return int(args.func(args) or 0)
     except DambenchError as err:

@@ -58,7 +58,8 @@ def is_remote(path: PathLike) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
-def _unreachable(path: PathLike, err: Exception) -> DambenchSourceError:
+def unreachable(path: PathLike, err: Exception) -> DambenchSourceError:
+    """The one-line error for a remote ``path`` that could not be read because of ``err``."""
     hint = ""
     if os.environ.get("HF_HUB_OFFLINE") == "1" and protocol_of(str(path)) == "hf":
         hint = " HF_HUB_OFFLINE=1 is set."
@@ -165,7 +166,7 @@ def local_copy(path: PathLike, cache_dir: PathLike | None = None) -> Path:
     except DambenchError:
         raise
     except Exception as err:  # noqa: BLE001 - any fsspec backend error means unreachable
-        raise _unreachable(text, err) from err
+        raise unreachable(text, err) from err
 
 
 def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> xr.Dataset:
@@ -205,7 +206,7 @@ def open_dataset_any(path: PathLike, *, engine: str | None = None, **kwargs) -> 
     except ImportError as err:
         raise _missing_reader(text, engine, err) from err
     except OSError as err:
-        raise _unreachable(text, err) from err
+        raise unreachable(text, err) from err
 
 
 _KIND = {"zarr": "Zarr", "cfgrib": "GRIB"}

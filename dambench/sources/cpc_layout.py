@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
-from dambench.exceptions import DambenchInputError
-from dambench.sources.base import DambenchSourceError, PathLike, is_remote, local_copy
+from dambench.exceptions import DambenchError, DambenchInputError
+from dambench.sources.base import PathLike, is_remote, local_copy, unreachable
+from dambench.sources.remote import prepare_remote
 
 
 @dataclass(frozen=True)
@@ -218,14 +219,21 @@ def _rain_scale(description: str, source: str) -> float:
 
 
 def read_bytes(path: PathLike) -> bytes:
-    """All bytes of a local file or fsspec URL."""
+    """All bytes of a local file or fsspec URL.
+
+    A URL is opened as every remote read is (:func:`~dambench.sources.remote.prepare_remote`:
+    the filesystem installed, the host reachable, transient failures retried with backoff); a
+    dambench error (e.g. :class:`~dambench.exceptions.DambenchRemoteError` naming the URL)
+    propagates as it is, and any other failure raises one error naming the URL.
+    """
     if not is_remote(path):
         return local_copy(path).read_bytes()
+    text = str(path)
+    options = prepare_remote(text)
     try:
-        with fsspec.open(str(path), "rb") as handle:
+        with fsspec.open(text, "rb", **options) as handle:
             return handle.read()
+    except DambenchError:
+        raise
     except Exception as err:  # noqa: BLE001 - any fsspec backend error means unreachable
-        raise DambenchSourceError(
-            f"Cannot read {path!s} ({type(err).__name__}: {err}). Check the URL and the network, "
-            "or download the file and pass its local path."
-        ) from err
+        raise unreachable(text, err) from err
