@@ -21,11 +21,14 @@ Readers:
   whose file does not exist is missing (NaN in the build and reported).
 - :class:`OlrDays`: PSL's ``olr.day.mean.nc`` (one file for the whole record), opened lazily.
 
-Local paths and fsspec URLs (``https://``, ``http://``, ``gs://``) go through the same code. A
-remote netCDF file is downloaded once into dambench's cache (:func:`~dambench.sources.base.
-local_copy`; one download at a time per process, so two threads never write one cache file) and
-read from there day by day: this needs no HTTP range requests (servers that lack them cannot serve
-netCDF lazily) and never reads a year twice over the network. Messages name the URL.
+Local paths and fsspec URLs (``https://``, ``http://``, ``gs://``) go through the same code. Which
+days a remote file holds is read from its metadata by small range requests (nothing downloaded:
+the missing-day report of a build reads 25 time coordinates, not 25 yearly files). A remote
+netCDF file whose days are read is downloaded once into dambench's cache
+(:func:`~dambench.sources.base.local_copy`; one download at a time per process, so two threads
+never write one cache file) when a block first needs it, and read from there day by day: the data
+need no HTTP range requests and a year is never read twice over the network by one process.
+Messages name the URL.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import pandas as pd
 import xarray as xr
 
 from dambench import schema
-from dambench.exceptions import DambenchInputError
+from dambench.exceptions import DambenchError, DambenchInputError
 from dambench.sources.base import (
     PathLike,
     is_remote,
@@ -49,6 +52,7 @@ from dambench.sources.base import (
 from dambench.sources.cpc import read_cpc_binary, read_cpc_psl
 from dambench.sources.cpc_grid import GAUGES, PRECIP, cpc_on_grid
 from dambench.sources.olr import OLR, olr_on_grid, read_olr
+from dambench.sources.remote import prepare_remote
 
 __all__ = ["CpcBinaryDays", "CpcPslYears", "OlrDays", "daily_reader", "file_days"]
 
@@ -73,8 +77,9 @@ def fetched(path: str) -> str:
 def file_days(path: PathLike, variable: str) -> pd.Series:
     """Day (midnight) -> the file's own time stamp, for every time of ``variable`` in ``path``.
 
-    Reads the metadata and the time coordinate only (the file is opened lazily; a URL is read
-    from its cached copy, see :func:`fetched`).
+    Reads the metadata and the time coordinate only: a local file (or a URL's cached copy) is
+    opened lazily; a URL not yet downloaded is read by small range requests (nothing is
+    downloaded, see :func:`_open_metadata`).
 
     Raises
     ------
@@ -83,7 +88,7 @@ def file_days(path: PathLike, variable: str) -> pd.Series:
         not decodable or not strictly increasing, or two stamps on one day.
     """
     source = str(path)
-    with open_dataset_any(fetched(source)) as ds:
+    with _open_metadata(source) as ds:
         if variable not in ds.data_vars:
             raise DambenchInputError(
                 f"{source}: no {variable!r} variable; found variables "
@@ -96,6 +101,30 @@ def file_days(path: PathLike, variable: str) -> pd.Series:
             f"{source}: several {variable!r} values on one day; expected one daily value."
         )
     return pd.Series(stamps, index=days)
+
+
+METADATA_BLOCK_BYTES = 256 * 1024
+"""Range-request block of a metadata read of a remote netCDF-4 file."""
+
+
+def _open_metadata(source: str) -> xr.Dataset:
+    """``source`` opened lazily for its metadata and coordinates.
+
+    A local path opens the file. A URL is read by range requests of :data:`METADATA_BLOCK_BYTES` through the retrying remote filesystem, so
+    the missing-day report of a 25-year build reads the time coordinates of 25 yearly files,
+    not the files; where that cannot work (a netCDF-3 file, a server without range requests) the
+    file is downloaded once (:func:`fetched`). Network failures raise naming the URL.
+    """
+    if not is_remote(source):
+        return open_dataset_any(source)
+    options = prepare_remote(source)
+    try:
+        handle = fsspec.open(source, "rb", block_size=METADATA_BLOCK_BYTES, **options).open()
+        return xr.open_dataset(handle, engine="h5netcdf")
+    except DambenchError:
+        raise
+    except Exception:  # noqa: BLE001 - not readable by ranges: the one-download path
+        return open_dataset_any(fetched(source))
 
 
 def _exists(path: str) -> bool:
@@ -124,9 +153,13 @@ class CpcPslYears:
                 "'.../precip.{year}.nc'."
             )
         self.template = template
+        self._held: dict[int, pd.Series] = {}
 
     def _stamps(self, year: int) -> pd.Series:
-        return file_days(self.template.format(year=year), PRECIP)
+        """The time stamps of one year file, read once per reader (metadata only)."""
+        if year not in self._held:
+            self._held[year] = file_days(self.template.format(year=year), PRECIP)
+        return self._held[year]
 
     def available(self, days) -> pd.DatetimeIndex:
         """The days among ``days`` that the yearly files hold (time coordinates only)."""
@@ -198,14 +231,21 @@ class OlrDays:
 
     def __init__(self, path: str):
         self.path = path
+        self._held: pd.Series | None = None
+
+    def _stamps(self) -> pd.Series:
+        """The file's time stamps, read once per reader (metadata only)."""
+        if self._held is None:
+            self._held = file_days(self.path, OLR)
+        return self._held
 
     def available(self, days) -> pd.DatetimeIndex:
         """The days among ``days`` that the file holds (time coordinate only)."""
-        return _days(days).intersection(file_days(self.path, OLR).index)
+        return _days(days).intersection(self._stamps().index)
 
     def read(self, days) -> xr.Dataset | None:
         """``olr`` on the canonical grid for the held days among ``days``."""
-        stamps = file_days(self.path, OLR)
+        stamps = self._stamps()
         held = stamps[stamps.index.isin(_days(days))]
         if not len(held):
             return None
