@@ -110,9 +110,9 @@ METADATA_BLOCK_BYTES = 256 * 1024
 def _open_metadata(source: str) -> xr.Dataset:
     """``source`` opened lazily for its metadata and coordinates.
 
-    A local path opens the file. A URL is read by range requests of :data:`METADATA_BLOCK_BYTES` through the retrying remote filesystem, so
-    the missing-day report of a 25-year build reads the time coordinates of 25 yearly files,
-    not the files; where that cannot work (a netCDF-3 file, a server without range requests) the
+    A local path opens the file. A URL is read by range requests of
+    :data:`METADATA_BLOCK_BYTES` through the retrying remote filesystem, so the missing-day
+    report of a 25-year build reads the time coordinates of 25 yearly files, not the files; where that cannot work (a netCDF-3 file, a server without range requests) the
     file is downloaded once (:func:`fetched`). Network failures raise naming the URL.
     """
     if not is_remote(source):
