@@ -112,8 +112,9 @@ def _open_metadata(source: str) -> xr.Dataset:
 
     A local path opens the file. A URL is read by range requests of
     :data:`METADATA_BLOCK_BYTES` through the retrying remote filesystem, so the missing-day
-    report of a 25-year build reads the time coordinates of 25 yearly files, not the files; where that cannot work (a netCDF-3 file, a server without range requests) the
-    file is downloaded once (:func:`fetched`). Network failures raise naming the URL.
+    report of a 25-year build reads the time coordinates of 25 yearly files, not the files.
+    Where that cannot work (a netCDF-3 file, a server without range requests) the file is
+    downloaded once (:func:`fetched`). Network failures raise naming the URL.
     """
     if not is_remote(source):
         return open_dataset_any(source)
@@ -212,9 +213,8 @@ class CpcBinaryDays:
 
     def read(self, days) -> xr.Dataset | None:
         """``precip`` and ``precip_gauges`` on the canonical grid for the days whose file exists."""
-        pieces = [
-            read_cpc_binary(self.template.format(date=day), ctl=None) for day in self.available(days)
-        ]
+        held = self.available(days)
+        pieces = [read_cpc_binary(self.template.format(date=day), ctl=None) for day in held]
         return cpc_on_grid(xr.concat(pieces, dim=schema.TIME)) if pieces else None
 
 
