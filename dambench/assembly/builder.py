@@ -244,11 +244,11 @@ def _run(config: BuildConfig, out: Path, workers, client, verbose) -> None:
         else:
             engines.run_local(tasks, workers, verbose)
     _write_parquet(plan, store, out, config, modalities, verbose)
-    stats = _train_stats(store, plan)
+    stats = _train_stats(store, plan, read_step(config))
     writers.atomic_write_json(out / "stats.json", stats)
     writers.update_store_attrs(store, {"normalization": json.dumps(stats, sort_keys=True)})
     writers.consolidate_store(store)
-    _write_preview(plan, store, out)
+    _write_preview(plan, store, out, read_step(config))
     _write_card(out, config, plan, recipe)
     _remove_leftovers(out)
     _write_manifest(out, config, plan, store)
@@ -388,18 +388,27 @@ def _write_parquet(plan, store, out, config, modalities, verbose) -> None:
         path = out / relative
         if path.exists():
             continue
-        block = ds.isel({schema.TIME: indices})
-        arrays = {name: block[name].values for name in fields}
-        writers.write_parquet(path, block[schema.TIME].values, arrays, features)
+        rows = (
+            {name: ds[name].isel({schema.TIME: [i]}).values for name in fields} for i in indices
+        )
+        times = ds[schema.TIME].values[indices]
+        writers.write_parquet_rows(path, times, rows, features)
 
 
-def _write_preview(plan: BuildPlan, store: Path, out: Path) -> None:
+def read_step(config: BuildConfig) -> int:
+    """Cycles the finishing steps (statistics, preview) read at once: at most a shard's, so
+    their memory is bounded by the block as the shards' is, flat in the number of cycles; at
+    most 16."""
+    return max(1, min(16, config.cycles_per_shard))
+
+
+def _write_preview(plan: BuildPlan, store: Path, out: Path, step: int = 16) -> None:
     ds = xr.open_zarr(store, consolidated=False)
     channels = ds[schema.CHANNEL].values.tolist()
     for relative, indices in plan.preview_files.items():
         tables = []
-        for start in range(0, len(indices), 16):
-            block = ds.isel({schema.TIME: indices[start : start + 16]})
+        for start in range(0, len(indices), step):
+            block = ds.isel({schema.TIME: indices[start : start + step]})
             arrays = {name: block[name].values for name in writers.STATE_FIELDS}
             tables.append(writers.preview_table(block[schema.TIME].values, channels, arrays))
         writers.write_preview(out / relative, _concat(tables))
@@ -409,8 +418,9 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables).combine_chunks()
 
 
-def _train_stats(store: Path, plan: BuildPlan) -> dict:
-    """Per-channel mean and std of ``target`` over the train split (float64, streamed by shard),
+def _train_stats(store: Path, plan: BuildPlan, step: int = 16) -> dict:
+    """Per-channel mean and std of ``target`` over the train split (float64, streamed ``step``
+    cycles at a time),
     and each modality's moments in model space (:func:`dambench.modalities.modality_moments`)."""
     ds = xr.open_zarr(store, consolidated=False)
     train = np.flatnonzero(plan.splits == "train")
@@ -418,8 +428,8 @@ def _train_stats(store: Path, plan: BuildPlan) -> dict:
         raise DambenchInputError("No train cycle: statistics need a train split.")
     total = total_sq = 0.0
     count = 0
-    for start in range(0, train.size, 16):
-        block = ds["target"].isel({schema.TIME: train[start : start + 16]}).values
+    for start in range(0, train.size, step):
+        block = ds["target"].isel({schema.TIME: train[start : start + step]}).values
         block = block.astype(np.float64)
         total = total + block.sum(axis=(0, 2, 3))
         total_sq = total_sq + (block**2).sum(axis=(0, 2, 3))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -206,6 +206,13 @@ def _nested(values: np.ndarray, extension_type) -> pa.ExtensionArray:
 def write_parquet(path: Path, times: np.ndarray, arrays: dict[str, np.ndarray], features) -> None:
     """One Parquet file, one row group per cycle, zstd, no dictionary encoding, page checksums;
     atomic."""
+    rows = ({name: values[i : i + 1] for name, values in arrays.items()} for i in range(len(times)))
+    write_parquet_rows(path, times, rows, features)
+
+
+def write_parquet_rows(path: Path, times: np.ndarray, rows: Iterable[dict], features) -> None:
+    """:func:`write_parquet` from ``rows``: one ``{field: (1, ...) array}`` per cycle of
+    ``times``, consumed one at a time (memory: one cycle, whatever the file's length)."""
     schema_ = features.arrow_schema
     with (
         _replacing(path) as tmp,
@@ -218,10 +225,10 @@ def write_parquet(path: Path, times: np.ndarray, arrays: dict[str, np.ndarray], 
             write_page_checksum=True,
         ) as writer,
     ):
-        for i, time in enumerate(times):
+        for time, arrays in zip(times, rows, strict=True):
             columns = {"time": pa.array(np.array([time], dtype="datetime64[ns]"))}
             for name, values in arrays.items():
-                columns[name] = _nested(values[i : i + 1], schema_.field(name).type)
+                columns[name] = _nested(values, schema_.field(name).type)
             writer.write_table(pa.table(columns, schema=schema_))
 
 

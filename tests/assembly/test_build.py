@@ -121,7 +121,7 @@ def test_rerun_of_a_finished_build_does_nothing(built):
     assert before == after
 
 
-@pytest.mark.parametrize("fail_in", ["write_store_block", "write_parquet"])
+@pytest.mark.parametrize("fail_in", ["write_store_block", "write_parquet_rows"])
 def test_killed_build_resumes_byte_identical(built, tmp_path, monkeypatch, fail_in):
     original = getattr(writers, fail_in)
     calls = {"n": 0}

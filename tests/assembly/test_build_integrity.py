@@ -190,7 +190,7 @@ def test_a_second_builder_is_refused_at_every_stage(tmp_path, monkeypatch, refer
     folder, digests = reference
     out = tmp_path / "era5-sample"
     refusals = []
-    put, write_parquet, count = zarr_local._put, writers.write_parquet, [0]
+    put, write_parquet, count = zarr_local._put, writers.write_parquet_rows, [0]
 
     def race(where):
         count[0] += 1
@@ -208,7 +208,7 @@ def test_a_second_builder_is_refused_at_every_stage(tmp_path, monkeypatch, refer
         return write_parquet(path, *args)
 
     monkeypatch.setattr(zarr_local, "_put", put_and_race)
-    monkeypatch.setattr(writers, "write_parquet", write_parquet_and_race)
+    monkeypatch.setattr(writers, "write_parquet_rows", write_parquet_and_race)
     build("era5-sample", out, verbose=False)
     assert len(refusals) >= 25  # store creation, shards, Parquet, attributes, consolidation
     assert tree_digest(out) == digests and verify(out).ok
