@@ -356,3 +356,22 @@ def test_resumed_run_is_bit_identical_and_the_ema_leaves_the_autoencoder(tmp_pat
 def test_configs_load_and_build(size, config_model):
     cfg, model = config_model(f"slams_{size}")
     assert cfg.train.ema_decay is not None and isinstance(model, SLAMS)
+
+
+def test_corrector_is_a_setting_and_the_analysis_keeps_its_innovations(make_batch, with_modalities):
+    """SLAMS takes ``corrector`` as SDA does (the old constructor refused it) and keeps the
+    normalised innovations ``(member - y) / sigma_o`` of its decoded members per channel."""
+    from baselines.layers.diffusion import normalised_innovations
+
+    assert create_model("slams_tiny").sampler.corrector == "preconditioned"
+    model = create_model("slams_tiny", corrector="langevin", steps=4).eval()
+    assert model.sampler.corrector == "langevin"
+    with pytest.raises(DambenchInputError, match="corrector='euler'"):
+        create_model("slams_tiny", corrector="euler")
+    torch.manual_seed(0)
+    batch = with_modalities(make_batch(grid=(9, 16), batch=1), [[1.0]])
+    analysis = model.analyse(batch, members=2, seed=0)
+    expected = normalised_innovations(
+        analysis.members, batch.observation, batch.mask, model.observation_std
+    )
+    assert model.innovations == expected and len(expected["rms"]) == 4
