@@ -21,6 +21,7 @@ import numpy as np
 from dambench.exceptions import DambenchInputError
 from dambench.scoring.bootstrap import paired_difference
 from dambench.scoring.engine import ALL_CHANNELS
+from dambench.scoring.finite import finite_in_both, paired_finite
 from dambench.scoring.report import TABLE3
 
 PER_CHANNEL_METRICS = ("spec_div", "mse_norm", "mae_norm", "rmse")
@@ -187,7 +188,7 @@ def compare(
     values_b = column_series(b, name_b, column, common.channels, region)
     for note in common.notes:
         warnings.warn(f"{name_a} vs {name_b}: {note}.", UserWarning, stacklevel=2)
-    result = paired(name_a, name_b, column, values_a, values_b, seed)
+    result = paired_finite(name_a, name_b, column, values_a, values_b, seed=seed)
     shared = {"region": region, "channels": list(common.channels), "notes": list(common.notes)}
     return {**result, **shared}
 
@@ -212,6 +213,13 @@ def relative_improvement(
     values_b = column_series(b, name_b, column, common.channels)
     for note in common.notes:
         warnings.warn(f"{name_a} vs {name_b}: {note}.", UserWarning, stacklevel=2)
+    keep = finite_in_both(values_a, values_b)
+    if not keep.any():
+        raise DambenchInputError(
+            f"{name_a} and {name_b} have no cycle where both {column} values are defined; "
+            "nothing to compare."
+        )
+    values_a, values_b = values_a[keep], values_b[keep]
     interval = block_bootstrap(
         np.stack([values_b, values_a], axis=1),
         statistic=lambda means: 100 * (1 - means[..., 1] / means[..., 0]),
@@ -224,4 +232,5 @@ def relative_improvement(
         "block_length": interval.block_length,
         "channels": list(common.channels),
         "notes": list(common.notes),
+        "left_out": int((~keep).sum()),
     }

@@ -206,3 +206,23 @@ def test_crps_convention_says_cos_latitude_weighted():
     """The engine weighs CRPS by cos(latitude) like RMSE; the recorded convention says so."""
     assert "cos-latitude weighted" in CONVENTIONS["crps"]
     assert "unweighted" not in CONVENTIONS["crps"]
+
+
+def test_compare_and_imp_take_a_result_scored_with_skipna(sample_folder, sample_test, tmp_path):
+    """``compare`` and Table 4's ``relative_improvement`` use the cycles defined in both series
+    (before: the bootstrap refused the NaN of the undefined cycle)."""
+    from dambench.scoring.comparison import compare, relative_improvement
+
+    path, _ = _whole_nan_cycle(sample_test, tmp_path)
+    holed = evaluate_predictions(
+        path, sample_folder, skipna=True, n_resamples=20, figure_channel=None, name="holed"
+    ).summary
+    n_cycles = sample_test.sizes["time"]
+    result = compare(holed, holed, model_b="Background")
+    assert result["n"] == n_cycles - 1 and result["left_out"] == 1
+    imp = relative_improvement(holed, holed, model_b="Background")
+    assert imp["n"] == n_cycles - 1 and imp["left_out"] == 1
+    a = np.asarray(holed["per_cycle"]["holed"]["MSE(1e-2)"])
+    b = np.asarray(holed["per_cycle"]["Background"]["MSE(1e-2)"])
+    keep = np.isfinite(a)
+    assert imp["value"] == pytest.approx(100 * (1 - a[keep].mean() / b[keep].mean()), rel=1e-12)
