@@ -26,7 +26,8 @@ What is run
    background plus Gaussian noise (a labelled stand-in, not a model), with each run's peak RSS.
 7. A projection of the full 9,131-cycle build.
 
-Peak RSS is each child process's ``ru_maxrss`` (from ``wait4``: exact). With ``--workers``
+Peak RSS is each child process's ``ru_maxrss`` (from ``wait4`` in a small intermediate process,
+so that this process's own RSS, inherited across fork, is not counted). With ``--workers``
 threads the build process is the one worker; with ``--scheduler`` its worker processes are not
 children of this one and are not measured.
 
@@ -114,17 +115,31 @@ def child_build(spec_path: str) -> None:
     Path(spec["result"]).write_text(json.dumps(result))
 
 
+# Linux keeps a process's peak RSS across fork and exec: a child forked from this process (which
+# may hold gigabytes of stand-ins) would report at least this process's RSS. A small Python that
+# starts the command and reads its wait4 usage measures the command alone.
+_MEASURER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_measured(command: list[str], **kwargs) -> tuple[int, float, float, str]:
     """Run ``command``; return its exit status, wall seconds, peak RSS (MB, ``ru_maxrss`` of the
-    process) and its output (stdout and stderr)."""
+    command's process, measured by a small intermediate process so that this one's RSS does not
+    count) and its output (stdout and stderr)."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryFile(mode="w+") as log:
+        rss_file = Path(scratch) / "maxrss_kib"
+        measured = [sys.executable, "-c", _MEASURER, str(rss_file), *command]
+        status = subprocess.run(measured, stdout=log, stderr=subprocess.STDOUT, **kwargs).returncode
         log.seek(0)
         output = log.read()
-    return process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, output
+        rss_kib = float(rss_file.read_text()) if rss_file.exists() else float("nan")
+    return status, time.perf_counter() - start, rss_kib / 1024, output
 
 
 SCHEDULER_STAGES_NOTE = (

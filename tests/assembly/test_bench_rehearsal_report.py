@@ -1,10 +1,12 @@
 """benchmarks/bench_rehearsal.py reporting: the block size is an option and is printed; with
---scheduler the stage figures are said to be unmeasured instead of printed as zeros."""
+--scheduler the stage figures are said to be unmeasured instead of printed as zeros; a child's
+peak RSS is its own, not the benchmark process's."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,21 @@ def test_scheduler_says_the_stages_are_not_measured(bench):
     assert stages == [bench.SCHEDULER_STAGES_NOTE] and "NOT MEASURED" in stages[0]
     assert projection == [bench.SCHEDULER_PROJECTION_NOTE] and math.isnan(hours)
     assert "workers are not measured" in bench.header_lines(args, 8, _result(32))[1]
+
+
+def test_a_child_s_peak_rss_is_its_own_not_the_benchmark_s(bench):
+    """Regression: Linux keeps the peak RSS across fork and exec, so a child forked from the
+    benchmark process reported at least the benchmark's own RSS (evaluate printed the same
+    3,880 MB for every split)."""
+    import numpy as np
+
+    held = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this process
+    status, _, idle_mb, _ = bench.run_measured([sys.executable, "-c", "pass"])
+    assert status == 0 and held.sum() > 0
+    assert idle_mb < 200, idle_mb
+    grow = "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"
+    status, _, grown_mb, output = bench.run_measured([sys.executable, "-c", grow])
+    assert status == 0 and output.strip()
+    assert 300 <= grown_mb < 600, grown_mb
+    status, *_ = bench.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+    assert status == 3
