@@ -34,20 +34,10 @@ EXPECTED = {
 def write_predictions(folder: Path) -> Path:
     """era5-sample's test-split background as a prediction store in ``folder``."""
     from dambench.load import ensure_embedded, open_dataset
-    from dambench.scoring import PredictionWriter
+    from dambench.testing import write_prediction_store
 
     ds = open_dataset(ensure_embedded(), split="test").load()
-    writer = PredictionWriter(
-        folder / "pred.zarr",
-        times=ds.time.values,
-        channels=[str(c) for c in ds.channel.values],
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        attrs={"model": "copy"},
-    )
-    for time_ in ds.time.values:
-        writer.write(time_, ds["background"].sel(time=time_).values)
-    return folder / "pred.zarr"
+    return write_prediction_store(folder / "pred.zarr", ds, "background", model="copy")
 
 
 def start(predictions: Path, out: Path, name: str) -> subprocess.Popen:

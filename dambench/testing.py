@@ -76,3 +76,24 @@ def mock_triplet(
     return xr.Dataset(
         {"target": target, "background": background, "observation": observe(target, seed=seed)}
     )
+
+
+def write_prediction_store(
+    path, ds: xr.Dataset, field: str = "background", *, offset: float = 0.0, model: str = "copy"
+):
+    """Write ``ds[field] + offset`` (a loaded split of a built dataset) as a prediction store at
+    ``path`` through :class:`dambench.scoring.PredictionWriter`, one cycle at a time; returns
+    ``path``. For tests and benchmarks that score a known analysis."""
+    from dambench.scoring import PredictionWriter
+
+    writer = PredictionWriter(
+        path,
+        times=ds.time.values,
+        channels=[str(c) for c in ds.channel.values],
+        latitude=ds.latitude.values,
+        longitude=ds.longitude.values,
+        attrs={"model": model},
+    )
+    for time in ds.time.values:
+        writer.write(time, ds[field].sel(time=time).values + offset)
+    return path

@@ -19,7 +19,8 @@ import xarray as xr
 from dambench.cli import main
 from dambench.exceptions import DambenchIntegrityError
 from dambench.load import ensure_embedded, load_rows, open_dataset
-from dambench.scoring import PredictionWriter, evaluate_predictions
+from dambench.scoring import evaluate_predictions
+from dambench.testing import write_prediction_store
 from dambench.scoring.identity import dataset_identity
 from dambench.verify import ManifestError
 
@@ -36,17 +37,7 @@ def folder(tmp_path):
 def predictions(folder, tmp_path):
     """The background of the test split, written as a prediction store."""
     ds = open_dataset(folder, split="test").load()
-    writer = PredictionWriter(
-        tmp_path / "pred.zarr",
-        times=ds.time.values,
-        channels=[str(c) for c in ds.channel.values],
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        attrs={"model": "copy"},
-    )
-    for time in ds.time.values:
-        writer.write(time, ds["background"].sel(time=time).values)
-    return tmp_path / "pred.zarr"
+    return write_prediction_store(tmp_path / "pred.zarr", ds, "background", model="copy")
 
 
 def flip(path, at: float = 0.5, n: int = 16):

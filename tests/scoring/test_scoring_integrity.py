@@ -16,7 +16,8 @@ import pytest
 from dambench.cli import main
 from dambench.exceptions import DambenchIntegrityError
 from dambench.load import ensure_embedded, open_dataset, read_cycle
-from dambench.scoring import PredictionWriter, evaluate_predictions
+from dambench.scoring import evaluate_predictions
+from dambench.testing import write_prediction_store
 
 STORE = "era5-sample.zarr"
 
@@ -32,17 +33,7 @@ def predictions(folder, tmp_path):
     """The target of the test split plus a small offset, as a prediction store (read before
     any damage)."""
     ds = open_dataset(folder, split="test").load()
-    writer = PredictionWriter(
-        tmp_path / "pred.zarr",
-        times=ds.time.values,
-        channels=[str(c) for c in ds.channel.values],
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        attrs={"model": "near"},
-    )
-    for time in ds.time.values:
-        writer.write(time, ds["target"].sel(time=time).values + 0.1)
-    return tmp_path / "pred.zarr"
+    return write_prediction_store(tmp_path / "pred.zarr", ds, "target", offset=0.1, model="near")
 
 
 def _flip(path, at: float = 0.5, n: int = 16) -> None:
