@@ -89,3 +89,74 @@ class StageClock:
         with self._lock:
             self.seconds[stage] += seconds
             self.calls[called] += 1
+
+
+def _status_mb(field: str) -> float:
+    """``VmRSS``/``VmHWM`` of this process in MB (Linux ``/proc/self/status``)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> None:
+    """Start a new ``VmHWM`` from the current RSS (``clear_refs`` value 5, Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+class MemoryProbe:
+    """Peak RSS by phase of a build and the RSS after each written block, for telling a peak
+    that grows with the record from one that grows with the block. A phase's peak is ``VmHWM``
+    at its end, reset at its start; a phase starts when its function is called (``setup``: from
+    the start; ``shards``: the engine; then the finishing steps in order) and ends when the next
+    starts. Linux only."""
+
+    PHASES = {
+        "shards": [("dambench.assembly.engines", "run_local"),
+                   ("dambench.assembly.engines", "run_distributed")],
+        "parquet": [("dambench.assembly.builder", "_write_parquet")],
+        "statistics": [("dambench.assembly.builder", "_train_stats")],
+        "preview": [("dambench.assembly.builder", "_write_preview")],
+        "card, manifest": [("dambench.assembly.builder", "_write_card")],
+    }
+
+    def __init__(self) -> None:
+        self.peaks_mb: dict[str, float] = {}
+        self.after_blocks_mb: list[float] = []
+        self._phase = "setup"
+        _reset_peak()
+
+    def install(self) -> None:
+        for phase, targets in self.PHASES.items():
+            for owner, attribute in targets:
+                holder = _resolve(owner)
+                setattr(holder, attribute, self._entering(getattr(holder, attribute), phase))
+        writers = _resolve("dambench.assembly.writers")
+        write = writers.write_store_block
+
+        @functools.wraps(write)
+        def written(*args, **kwargs):
+            try:
+                return write(*args, **kwargs)
+            finally:
+                self.after_blocks_mb.append(_status_mb("VmRSS"))
+
+        writers.write_store_block = written
+
+    def _entering(self, func, phase: str):
+        @functools.wraps(func)
+        def entered(*args, **kwargs):
+            self.enter(phase)
+            return func(*args, **kwargs)
+
+        return entered
+
+    def enter(self, phase: str) -> None:
+        self.peaks_mb[self._phase] = _status_mb("VmHWM")
+        _reset_peak()
+        self._phase = phase
+
+    def finish(self) -> dict:
+        self.peaks_mb[self._phase] = _status_mb("VmHWM")
+        return {"peaks_mb": dict(self.peaks_mb), "after_blocks_mb": list(self.after_blocks_mb)}

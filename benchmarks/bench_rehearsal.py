@@ -89,12 +89,14 @@ def serve(root: str, fault_rate: float, seed: int, conn) -> None:
 
 def child_build(spec_path: str) -> None:
     """Child process: build as ``spec`` says, with the stage clock; write the result JSON."""
-    from _stages import StageClock
+    from _stages import MemoryProbe, StageClock
 
     spec = json.loads(Path(spec_path).read_text())
     os.environ["DAMBENCH_CACHE"] = tempfile.mkdtemp(prefix="dambench-rehearsal-cache-")
     clock = StageClock()
     clock.install()
+    memory = MemoryProbe()
+    memory.install()
     from dambench.assembly import build
 
     start = time.perf_counter()
@@ -111,6 +113,7 @@ def child_build(spec_path: str) -> None:
         "seconds": dict(clock.seconds),
         "calls": dict(clock.calls),
         "missing_hooks": clock.missing,
+        "memory": memory.finish(),
     }
     Path(spec["result"]).write_text(json.dumps(result))
 
@@ -201,7 +204,9 @@ def run_build(args, inputs: RehearsalInputs, url: str, out: Path) -> dict:
         raise SystemExit(f"build failed (exit status {status}); its output is above")
     result = json.loads(Path(spec["result"]).read_text())
     per_shard = overrides.get("cycles_per_shard", shipped["cycles_per_shard"])
-    return {**result, "peak_rss_mb": rss_mb, "wall_s": wall, "cycles_per_shard": per_shard}
+    # the probe resets the kernel's peak at each phase, so ru_maxrss is the last phase's only
+    peak = max(rss_mb, *result["memory"]["peaks_mb"].values())
+    return {**result, "peak_rss_mb": peak, "wall_s": wall, "cycles_per_shard": per_shard}
 
 
 def verify_and_load(out: Path) -> str:
@@ -249,12 +254,9 @@ def write_predictions(out: Path, path: Path, split: str) -> Path:
     ds = open_dataset(out)
     ds = ds.isel(time=np.flatnonzero(ds["split"].values == split))
     std = ds["target"].std(("time", "latitude", "longitude")).values[:, None, None]
-    writer = PredictionWriter(
+    writer = PredictionWriter.like(
+        ds,
         path,
-        times=ds["time"].values,
-        channels=[str(c) for c in ds["channel"].values],
-        latitude=ds["latitude"].values,
-        longitude=ds["longitude"].values,
         attrs={
             "model": "standin-background-plus-noise",
             "standin": "true",
@@ -434,7 +436,22 @@ def header_lines(args, n: int, result: dict) -> list[str]:
         f"build: {result['build_s']:.0f} s ({result['build_s'] / n:.1f} s per cycle), peak RSS "
         f"of the build process ({BUILD_PROCESS[bool(args.scheduler)]}) "
         f"{result['peak_rss_mb']:.0f} MB",
+        memory_line(result["memory"]),
     ]
+
+
+def memory_line(memory: dict) -> str:
+    """Peak RSS by phase and the RSS after the first and the last written block: a peak that
+    grows with the record shows as a rising RSS from block to block."""
+    peaks = ", ".join(f"{phase} {mb:.0f}" for phase, mb in memory["peaks_mb"].items())
+    blocks = memory["after_blocks_mb"]
+    after = (
+        f"; RSS after block 1 of {len(blocks)}: {blocks[0]:.0f} MB, after the last: "
+        f"{blocks[-1]:.0f} MB, largest: {max(blocks):.0f} MB"
+        if blocks
+        else "; no block written in this process (the scheduler's workers wrote them)"
+    )
+    return f"peak RSS by phase of the build process (MB): {peaks}{after}"
 
 
 def figure_lines(args, n: int, result: dict) -> tuple[list[str], list[str], float]:

@@ -20,15 +20,7 @@ def _write_blended(ds: xr.Dataset, path: Path) -> xr.DataArray:
     from dambench.scoring import PredictionWriter
 
     blended = ds["background"].where(ds["observation"].isnull(), ds["observation"])
-    writer = PredictionWriter(
-        path,
-        times=ds.time.values,
-        channels=[str(c) for c in ds.channel.values],
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        attrs={"model": BLENDED, "seed": 0},
-        overwrite=True,
-    )
+    writer = PredictionWriter.like(ds, path, attrs={"model": BLENDED, "seed": 0}, overwrite=True)
     for i, time in enumerate(ds.time.values):
         writer.write(time, blended.isel(time=i).values)
     return blended

@@ -86,14 +86,7 @@ def write_prediction_store(
     ``path``. For tests and benchmarks that score a known analysis."""
     from dambench.scoring import PredictionWriter
 
-    writer = PredictionWriter(
-        path,
-        times=ds.time.values,
-        channels=[str(c) for c in ds.channel.values],
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        attrs={"model": model},
-    )
+    writer = PredictionWriter.like(ds, path, attrs={"model": model})
     for time in ds.time.values:
         writer.write(time, ds[field].sel(time=time).values + offset)
     return path

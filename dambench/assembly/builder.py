@@ -419,8 +419,8 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 
 
 def _train_stats(store: Path, plan: BuildPlan, step: int = 16) -> dict:
-    """Per-channel mean and std of ``target`` over the train split (float64, streamed ``step``
-    cycles at a time),
+    """Per-channel mean and std of ``target`` over the train split (read ``step`` cycles at a
+    time, summed in float64 one cycle at a time),
     and each modality's moments in model space (:func:`dambench.modalities.modality_moments`)."""
     ds = xr.open_zarr(store, consolidated=False)
     train = np.flatnonzero(plan.splits == "train")
@@ -430,10 +430,11 @@ def _train_stats(store: Path, plan: BuildPlan, step: int = 16) -> dict:
     count = 0
     for start in range(0, train.size, step):
         block = ds["target"].isel({schema.TIME: train[start : start + step]}).values
-        block = block.astype(np.float64)
-        total = total + block.sum(axis=(0, 2, 3))
-        total_sq = total_sq + (block**2).sum(axis=(0, 2, 3))
-        count += block.shape[0] * block.shape[2] * block.shape[3]
+        for cycle in block:  # float64 one cycle at a time
+            cycle = cycle.astype(np.float64)
+            total = total + cycle.sum(axis=(1, 2))
+            total_sq = total_sq + (cycle**2).sum(axis=(1, 2))
+            count += cycle.shape[1] * cycle.shape[2]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     stats = {

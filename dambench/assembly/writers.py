@@ -252,30 +252,52 @@ def preview_table(
     cos(latitude) over the grid), ``background_rmse`` (the same weights, against the target),
     ``observed_fraction`` and ``observation_rmse`` (over the observed points).
     """
+    n = len(times)
     lat = np.deg2rad(CANONICAL_GRID.latitude)
     weights = np.clip(np.cos(lat), 0, None)[:, None] * np.ones(CANONICAL_GRID.shape[1])
     weights = weights / weights.sum()
-    target = arrays["target"].astype(np.float64)
-    mean = np.einsum("ncij,ij->nc", target, weights)
-    var = np.einsum("ncij,ij->nc", (target - mean[..., None, None]) ** 2, weights)
-    error = arrays["background"].astype(np.float64) - target
-    observed = np.isfinite(arrays["observation"])
-    count = observed.sum(axis=(2, 3))
-    obs_error = np.where(observed, arrays["observation"] - target, 0.0)
-    n, c = mean.shape
-    with np.errstate(invalid="ignore", divide="ignore"):
-        obs_rmse = np.sqrt((obs_error**2).sum(axis=(2, 3)) / count)
+    # one cycle at a time: the float64 temporaries are a cycle's, whatever the block's length
+    scalars = [_preview_scalars({k: a[i] for k, a in arrays.items()}, weights) for i in range(n)]
+    c = len(channels)
     columns = {
         "time": pa.array(np.repeat(np.asarray(times, "datetime64[ns]"), c)),
         "channel": pa.array(np.tile(np.asarray(channels, dtype=object), n), pa.string()),
         "units": pa.array([schema.channel_units(ch) for ch in channels] * n, pa.string()),
-        "target_mean": mean.ravel(),
-        "target_std": np.sqrt(var).ravel(),
-        "background_rmse": np.sqrt(np.einsum("ncij,ij->nc", error**2, weights)).ravel(),
-        "observed_fraction": (count / np.prod(CANONICAL_GRID.shape)).ravel(),
-        "observation_rmse": obs_rmse.ravel(),
+        **{
+            name: np.concatenate([cycle[name] for cycle in scalars]) if n else np.zeros(0)
+            for name in PREVIEW_SCALARS
+        },
     }
     return pa.table(columns)
+
+
+PREVIEW_SCALARS = (
+    "target_mean",
+    "target_std",
+    "background_rmse",
+    "observed_fraction",
+    "observation_rmse",
+)
+
+
+def _preview_scalars(cycle: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`PREVIEW_SCALARS` of one cycle's ``(C, 121, 240)`` fields, each ``(C,)``."""
+    target = cycle["target"].astype(np.float64)
+    mean = np.einsum("cij,ij->c", target, weights)
+    var = np.einsum("cij,ij->c", (target - mean[:, None, None]) ** 2, weights)
+    error = cycle["background"].astype(np.float64) - target
+    observed = np.isfinite(cycle["observation"])
+    count = observed.sum(axis=(1, 2))
+    obs_error = np.where(observed, cycle["observation"] - target, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        obs_rmse = np.sqrt((obs_error**2).sum(axis=(1, 2)) / count)
+    return {
+        "target_mean": mean,
+        "target_std": np.sqrt(var),
+        "background_rmse": np.sqrt(np.einsum("cij,ij->c", error**2, weights)),
+        "observed_fraction": count / np.prod(CANONICAL_GRID.shape),
+        "observation_rmse": obs_rmse,
+    }
 
 
 def write_preview(path: Path, table: pa.Table) -> None:

@@ -83,6 +83,22 @@ class PredictionWriter:
         self._dims = dims
         self._index = {np.datetime64(t, "ns"): i for i, t in enumerate(self.times)}
 
+    @classmethod
+    def like(
+        cls, ds: xr.Dataset, path: str | os.PathLike, *, channels: list[str] | None = None, **kwargs
+    ) -> PredictionWriter:
+        """A writer for every cycle of ``ds`` (a dataset, or a split of one) on its grid, with
+        its channels or ``channels``; ``kwargs`` go to the constructor (``members``, ``attrs``,
+        ``overwrite``)."""
+        return cls(
+            path,
+            times=ds[schema.TIME].values,
+            channels=[str(c) for c in ds[schema.CHANNEL].values] if channels is None else channels,
+            latitude=ds[schema.LATITUDE].values,
+            longitude=ds[schema.LONGITUDE].values,
+            **kwargs,
+        )
+
     def write(self, time: np.datetime64, values: np.ndarray) -> None:
         """Write one cycle's ``([member,] channel, latitude, longitude)`` values."""
         i = self._index.get(np.datetime64(time, "ns"))

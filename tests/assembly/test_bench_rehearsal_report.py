@@ -1,6 +1,6 @@
 """benchmarks/bench_rehearsal.py reporting: the block size is an option and is printed; with
 --scheduler the stage figures are said to be unmeasured instead of printed as zeros; a child's
-peak RSS is its own, not the benchmark process's."""
+peak RSS is its own, not the benchmark process's; the peak is reported by phase."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def _result(cycles_per_shard: int) -> dict:
         "missing_hooks": [],
         "peak_rss_mb": 1000.0,
         "cycles_per_shard": cycles_per_shard,
+        "memory": {
+            "peaks_mb": {"setup": 220.0, "shards": 800.0, "preview": 1000.0},
+            "after_blocks_mb": [600.0, 650.0],
+        },
     }
 
 
@@ -78,3 +82,29 @@ def test_a_child_s_peak_rss_is_its_own_not_the_benchmark_s(bench):
     assert 300 <= grown_mb < 600, grown_mb
     status, *_ = bench.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
     assert status == 3
+
+
+def test_the_peak_is_printed_by_phase_with_the_rss_after_each_block(bench):
+    line = bench.header_lines(bench.parse_args(["--cycles", "8"]), 8, _result(4))[2]
+    assert "setup 220, shards 800, preview 1000" in line
+    assert "after block 1 of 2: 600 MB, after the last: 650 MB, largest: 650 MB" in line
+
+
+def test_memory_probe_gives_each_phase_its_own_peak():
+    """A phase's peak is its own: a large allocation freed before the next phase does not raise
+    the next phase's peak (the kernel's peak is reset between phases)."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH.parent))
+    from _stages import MemoryProbe
+
+    probe = MemoryProbe()
+    big = np.ones(300 * 2**20 // 8)  # 300 MiB resident in "setup"
+    assert big.sum() > 0
+    del big
+    probe.enter("shards")
+    small = np.ones(50 * 2**20 // 8)
+    assert small.sum() > 0
+    peaks = probe.finish()["peaks_mb"]
+    assert peaks["setup"] - peaks["shards"] > 200, peaks
+    assert peaks["shards"] > 50, peaks

@@ -25,14 +25,7 @@ def blended(ds):
 
 def write_store(ds, path, channels, name, field=None):
     field = blended(ds) if field is None else field
-    writer = PredictionWriter(
-        path,
-        times=ds.time.values,
-        channels=list(channels),
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        attrs={"model": name},
-    )
+    writer = PredictionWriter.like(ds, path, channels=list(channels), attrs={"model": name})
     for time in ds.time.values:
         writer.write(time, field.sel(time=time, channel=list(channels)).values)
     return path

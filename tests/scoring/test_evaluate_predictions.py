@@ -20,14 +20,8 @@ N_MEMBERS = 4
 def _write_ensemble(ds, path, seed: int):
     """Members = target + background error scaled, plus independent noise (physical units)."""
     rng = np.random.default_rng(seed)
-    writer = PredictionWriter(
-        path,
-        times=ds.time.values,
-        channels=[str(c) for c in ds.channel.values],
-        latitude=ds.latitude.values,
-        longitude=ds.longitude.values,
-        members=N_MEMBERS,
-        attrs={"model": "toy-ensemble", "seed": seed},
+    writer = PredictionWriter.like(
+        ds, path, members=N_MEMBERS, attrs={"model": "toy-ensemble", "seed": seed}
     )
     members = []
     for time in ds.time.values:

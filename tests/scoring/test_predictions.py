@@ -88,13 +88,8 @@ def test_nan_is_an_error_unless_skipna(sample_folder, sample_test, tmp_path):
 def test_stacked_store_with_members_is_found(sample_test, tmp_path):
     from dambench.scoring import PredictionWriter
 
-    writer = PredictionWriter(
-        tmp_path / "ens.zarr",
-        times=sample_test.time.values,
-        channels=["t2m"],
-        latitude=sample_test.latitude.values,
-        longitude=sample_test.longitude.values,
-        members=3,
+    writer = PredictionWriter.like(
+        sample_test, tmp_path / "ens.zarr", channels=["t2m"], members=3,
         attrs={"model": "toy", "seed": 4},
     )
     for time in sample_test.time.values:
@@ -113,3 +108,24 @@ def test_stacked_store_with_members_is_found(sample_test, tmp_path):
     )
     with pytest.raises(DambenchInputError, match="members_dim='ens'"):
         open_predictions(tmp_path / "ens.zarr", members_dim="ens")
+
+
+def test_writer_like_takes_the_datasets_cycles_grid_and_channels(sample_test, tmp_path):
+    """``PredictionWriter.like``: the store it makes has the split's times, grid and channels
+    (or the ``channels`` asked for), and what is written reads back in place."""
+    from dambench.scoring import PredictionWriter
+
+    writer = PredictionWriter.like(sample_test, tmp_path / "all.zarr", attrs={"model": "m"})
+    time = sample_test.time.values[2]
+    writer.write(time, sample_test["target"].sel(time=time).values)
+    read = open_predictions(tmp_path / "all.zarr")
+    np.testing.assert_array_equal(read.times.values, sample_test.time.values)
+    assert list(read.channels) == [str(c) for c in sample_test.channel.values]
+    np.testing.assert_array_equal(read.coords.latitude.values, sample_test.latitude.values)
+    np.testing.assert_array_equal(read.coords.longitude.values, sample_test.longitude.values)
+    np.testing.assert_array_equal(
+        read.raw["analysis"].sel(time=time).values, sample_test["target"].sel(time=time).values
+    )
+    subset = PredictionWriter.like(sample_test, tmp_path / "t2m.zarr", channels=["t2m"])
+    subset.write(time, sample_test["target"].sel(time=time, channel=["t2m"]).values)
+    assert open_predictions(tmp_path / "t2m.zarr").channels == ("t2m",)

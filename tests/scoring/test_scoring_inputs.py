@@ -249,14 +249,8 @@ def test_crps_is_cos_latitude_weighted_like_rmse_golden(sample_folder, sample_te
     weighted; it now weighs the globe like them (golden values from brute-force numpy)."""
     rng = np.random.default_rng(7)
     channels = [str(c) for c in sample_test.channel.values]
-    writer = PredictionWriter(
-        tmp_path / "ens.zarr",
-        times=sample_test.time.values,
-        channels=channels,
-        latitude=sample_test.latitude.values,
-        longitude=sample_test.longitude.values,
-        members=3,
-        attrs={"model": "ens", "seed": 0},
+    writer = PredictionWriter.like(
+        sample_test, tmp_path / "ens.zarr", members=3, attrs={"model": "ens", "seed": 0}
     )
     members = []
     for time in sample_test.time.values:
