@@ -36,7 +36,13 @@ Method
        observations + modalities) as a pseudo-observation: ``y_z = (E(DA) - m) / s ~ N(z,
        sigma_z**2)`` everywhere, ``sigma_z`` the per-channel RMS of the standardised ``E(DA) -
        E(clean)`` on **validation** cycles (:meth:`SLAMS.fit`; floored), which the autoencoder
-       never saw. Each observation enters the posterior once, through ``y_z``.
+       never saw. Each observation enters the posterior once, through ``y_z``. With
+       ``latent_block = k > 1`` (``slams_small``: 8) the term observes the ``k x k`` block
+       means of ``y_z`` instead, ``sigma_z`` measured on block means: the latent errors
+       ``E(DA) - E(clean)`` are correlated over many cells (the background error the latent of
+       the DA input cannot see), and a per-cell term treats each cell as independent evidence,
+       which makes the ensemble over-confident (SDA's background term had the same fault;
+       :mod:`baselines.models.sda`).
        ``pixel_guidance=True`` (the previous default) adds the observations again in pixel
        space, ``y ~ N(decode(z), sigma_o**2)`` at observed points, as if they were independent
        of ``y_z``: it counts every observation twice and is kept only to reproduce earlier
@@ -114,7 +120,7 @@ from tqdm.auto import tqdm
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
 from baselines.layers.adapter import adapter_context, has_adapter
 from baselines.layers.conv import NormName, SphereConv2d, get_norm_layer
-from baselines.layers.covariance import check_train_split
+from baselines.layers.covariance import block_curvature, block_mean, check_train_split
 from baselines.layers.diffusion import (
     GaussianObservation,
     background_error_std,
@@ -275,6 +281,9 @@ class SLAMS(ScoreEnsemble, BaselineModule):
     observation_std, latent_std, background_std
         ``sigma_o`` (C,), ``sigma_z`` (latent_chans,) and ``sigma_b`` (C,, the increment unit);
         ``None`` until :meth:`fit`.
+    latent_block
+        Side of the blocks whose means the latent pseudo-observation observes (1: every latent
+        cell, the paper's).
     observation_std_floor, latent_std_floor
         Lower bounds of ``sigma_o`` and ``sigma_z``.
     ae_epochs, ae_lr, ae_weight_decay, ae_batch_size, ae_seed
@@ -316,6 +325,7 @@ class SLAMS(ScoreEnsemble, BaselineModule):
         observation_std: float | Sequence[float] | None = None,
         latent_std: float | Sequence[float] | None = None,
         background_std: float | Sequence[float] | None = None,
+        latent_block: int = 1,
         observation_std_floor: float = DEFAULT_OBSERVATION_STD_FLOOR,
         latent_std_floor: float = DEFAULT_OBSERVATION_STD_FLOOR,
         ae_epochs: int = 64,
@@ -337,7 +347,9 @@ class SLAMS(ScoreEnsemble, BaselineModule):
                 f"latent_space must be one of {LATENT_SPACES}; got {latent_space!r} "
                 "('increment': x_b + sigma_b (D(z) - D(0)), the default; 'state': D(z))."
             )
-        self.latent_space = latent_space
+        if int(latent_block) != latent_block or latent_block < 1:
+            raise DambenchInputError(f"latent_block must be an integer >= 1; got {latent_block}.")
+        self.latent_space, self.latent_block = latent_space, int(latent_block)
         self.fit_info: dict[str, Any] = {}
         self.in_chans, self.modality_chans = in_chans, modality_chans
         self.latent_chans, self.pixel_guidance = latent_chans, pixel_guidance
@@ -606,11 +618,13 @@ class SLAMS(ScoreEnsemble, BaselineModule):
 
     @torch.no_grad()
     def _fit_latent_std(self, loader) -> None:
-        """``sigma_z``: the per-channel RMS of the standardised ``E(DA) - E(clean)`` over
-        ``loader``'s cycles (validation, never seen by the autoencoder), floored."""
+        """``sigma_z``: the per-channel RMS of the standardised ``E(DA) - E(clean)`` (of its
+        ``latent_block`` block means when > 1) over ``loader``'s cycles (validation, never seen
+        by the autoencoder), floored."""
         square, count = torch.zeros(self.latent_chans, dtype=torch.float64), 0.0
         for batch in self._batches(loader, 0):
             diff = (self.da_latent(batch) - self.clean_latent(batch)).double()
+            diff = block_mean(diff, self.latent_block)
             square += diff.square().sum(dim=(0, 2, 3)).cpu()
             count += diff[:, 0].numel()
         sigma_z = (square / count).sqrt().clamp(min=self.floors[1])
@@ -624,7 +638,7 @@ class SLAMS(ScoreEnsemble, BaselineModule):
         space through :meth:`decode` (counting them a second time)."""
         with torch.no_grad():
             y_z = self.da_latent(batch)  # (B, Cz, H, W)
-        terms = [GaussianObservation(y_z, self.latent_std.reshape(1, -1, 1, 1))]
+        terms = [self.latent_term(y_z)]
         if self.pixel_guidance:
             std = self.observation_std.reshape(1, -1, 1, 1)
             background = batch.background
@@ -634,6 +648,22 @@ class SLAMS(ScoreEnsemble, BaselineModule):
 
             terms.append(GaussianObservation(batch.observation, std, batch.mask, decode))
         return terms
+
+    def latent_term(self, y_z: torch.Tensor) -> GaussianObservation:
+        """``y_z ~ N(z, sigma_z**2)`` per latent cell with ``latent_block = 1`` (the paper's),
+        else ``block_mean_k(y_z) ~ N(block_mean_k(z), sigma_zk**2)`` over ``k x k`` blocks
+        (module docstring, Method 3)."""
+        std = self.latent_std.reshape(1, -1, 1, 1)
+        block = self.latent_block
+        if block == 1:
+            return GaussianObservation(y_z, std)
+        height, width = y_z.shape[-2:]
+        return GaussianObservation(
+            block_mean(y_z, block),
+            std,
+            operator=lambda z: block_mean(z, block),
+            curvature=block_curvature(height, width, block).to(y_z)[None, None],
+        )
 
     def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
         """``members`` (default ``self.members``) decoded posterior samples (B, N, C, H, W)

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from baselines.interface import DABatch
+from baselines.layers.covariance import block_curvature, block_mean
 from baselines.layers.diffusion import (
     GaussianObservation,
     SamplerSettings,
@@ -147,14 +148,24 @@ def test_sda_configs_sample_the_exact_posterior(name):
 SLAMS = shipped("slams_") + shipped("multi_slams_")
 
 
-def latent_check(settings: SamplerSettings) -> list[str]:
+def latent_check(settings: SamplerSettings, block: int = 1) -> list[str]:
     """Failures of ``settings`` sampling N(0, I) times the era5-sample-stiff Gaussian terms
-    (observations at 20 % of points, a background everywhere) against the exact posterior."""
+    (observations at 20 % of points, a background everywhere: per cell, or its ``block x
+    block`` block means as SLAMS' latent term with ``latent_block``) against the exact
+    posterior."""
     batch = _problem(4, seed=2)
+    std_b = torch.tensor(SIGMA_B).reshape(1, 4, 1, 1)
+    background = GaussianObservation(batch.background, std_b)
+    if block > 1:
+        background = GaussianObservation(
+            block_mean(batch.background, block), std_b,
+            operator=lambda x: block_mean(x, block),
+            curvature=block_curvature(*GRID, block)[None, None],
+        )  # fmt: skip
     terms = [
         GaussianObservation(batch.observation, torch.tensor(SIGMA_O).reshape(1, 4, 1, 1),
                             batch.mask),
-        GaussianObservation(batch.background, torch.tensor(SIGMA_B).reshape(1, 4, 1, 1)),
+        background,
     ]  # fmt: skip
     mean, posterior_std = exact_posterior(terms, batch.background)
     schedule = VPSchedule()
@@ -166,13 +177,13 @@ def latent_check(settings: SamplerSettings) -> list[str]:
 
 @pytest.mark.parametrize("name", SLAMS)
 def test_slams_settings_sample_the_exact_latent_posterior(name):
-    """The shipped model's own sampler settings (the config's over the variant's; an earlier
-    form of this test read the config's keys over SamplerSettings' defaults, 256 steps where
-    slams_full samples 512)."""
+    """The shipped model's own sampler settings and latent term (per cell, or block means with
+    ``latent_block``; the config's over the variant's; an earlier form of this test read the
+    config's keys over SamplerSettings' defaults, 256 steps where slams_full samples 512)."""
     config = _config(name)
-    settings = create_model(config["name"], **(config.get("kwargs") or {})).sampler
-    failures = latent_check(settings)
-    assert not failures, f"{name} ({settings}): {failures}"
+    model = create_model(config["name"], **(config.get("kwargs") or {}))
+    failures = latent_check(model.sampler, model.latent_block)
+    assert not failures, f"{name} ({model.sampler}, latent_block {model.latent_block}): {failures}"
 
 
 def test_slams_smalls_earlier_gamma_fails_the_check():

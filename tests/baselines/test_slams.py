@@ -326,6 +326,41 @@ def test_sigma_z_is_measured_on_validation_cycles(train_split):
         create_model("slams_tiny").fit(ds, stats, validation=ds)
 
 
+def test_latent_block_observes_block_means_with_sigma_z_of_block_means(train_split, make_batch):
+    """latent_block = k: the latent pseudo-observation is the k x k block means of y_z (one
+    value per block, not one per latent cell), and sigma_z is the RMS of the block means of
+    E(DA) - E(clean) on the validation cycles (recomputed here by hand)."""
+    from baselines.layers.covariance import block_mean
+
+    ds, stats = _split(train_split, "train", 0.5, 0)
+    validation, _ = _split(train_split, "validation", 2.0, 1)
+    torch.manual_seed(0)
+    model = create_model("slams_tiny", ae_epochs=2, ae_batch_size=1, latent_block=4)
+    model.fit(ds, stats, validation=validation)
+    loader = model._loader(validation, stats, train=False)
+    diffs = []
+    with torch.no_grad():
+        for raw in loader:
+            batch = DABatch.from_loader(raw)
+            diffs.append(block_mean(model.da_latent(batch) - model.clean_latent(batch), 4))
+    expected = torch.cat(diffs).double().square().mean(dim=(0, 2, 3)).sqrt()
+    torch.testing.assert_close(model.latent_std.double(), expected.clamp(min=0.01), rtol=1e-5,
+                               atol=0)  # fmt: skip
+    per_cell = create_model("slams_tiny", ae_epochs=2, ae_batch_size=1)
+    torch.manual_seed(0)
+    per_cell.fit(ds, stats, validation=validation)
+    assert bool((model.latent_std < per_cell.latent_std).all())  # averaging lowers the RMS
+    batch = make_batch(grid=(8, 16), batch=1)
+    (term,) = model.observation_terms(batch)
+    assert term.value.shape == (1, 4, 2, 4) and term.operator is not None
+    z = torch.randn(3, 4, 8, 16)
+    torch.testing.assert_close(term.operator(z), block_mean(z, 4))
+    (cell_term,) = per_cell.observation_terms(batch)
+    assert cell_term.value.shape == (1, 4, 8, 16) and cell_term.operator is None
+    with pytest.raises(DambenchInputError, match="latent_block must be an integer >= 1"):
+        create_model("slams_tiny", latent_block=0)
+
+
 def test_input_checks_and_unfitted_refusal(make_batch, with_modalities):
     model = create_model("slams_small")
     with pytest.raises(DambenchInputError, match="not fitted: call fit"):
