@@ -37,7 +37,7 @@ Method
        sigma_z**2)`` everywhere, ``sigma_z`` the per-channel RMS of the standardised ``E(DA) -
        E(clean)`` on **validation** cycles (:meth:`SLAMS.fit`; floored), which the autoencoder
        never saw. Each observation enters the posterior once, through ``y_z``. With
-       ``latent_block = k > 1`` (``slams_small``: 8) the term observes the ``k x k`` block
+       ``latent_block = k > 1`` (``slams_small``, ``slams_full``: 8) the term observes the ``k x k`` block
        means of ``y_z`` instead, ``sigma_z`` measured on block means: the latent errors
        ``E(DA) - E(clean)`` are correlated over many cells (the background error the latent of
        the DA input cannot see), and a per-cell term treats each cell as independent evidence,
@@ -146,6 +146,9 @@ logger = logging.getLogger(__name__)
 
 LATENT_SPACES = ("increment", "state")
 """What the autoencoder encodes and decodes (module docstring); the first is the default."""
+SHIPPED_LATENT_BLOCK = 8
+"""``latent_block`` of ``slams_small`` and ``slams_full``: 8 x 8 latent cells, as SDA's
+background term (:data:`baselines.models.sda.SHIPPED_BLOCK`)."""
 HELD_OUT_FRACTION = 0.25
 """Share of the train cycles held out of the autoencoder's training to measure ``sigma_z`` on
 when no validation split can be found (a synthetic train split)."""
@@ -752,7 +755,7 @@ register_variants(
         "slams_small": (
             "CPU-training size: 8 latent channels, encoder (16, 12), UNet (16, 32) x 1 block, "
             "32 steps, 1 preconditioned corrector, gamma 0.1 (module notes: gamma 1 biased the "
-            "exact-prior check's t2m mean) (C = 4, M = 2).",
+            "exact-prior check's t2m mean), latent term over 8 x 8 blocks (C = 4, M = 2).",
             dict(
                 in_chans=4,
                 modality_chans=2,
@@ -768,13 +771,14 @@ register_variants(
                 ae_epochs=30,
                 ae_lr=1e-3,
                 ae_batch_size=1,
+                latent_block=SHIPPED_LATENT_BLOCK,
             ),
         ),
         "slams_full": (
             "Section 7.5 size: 16 latent channels, encoder (64, 48, 32, 24) with kernel 5, UNet "
             "(64, 128, 256) x 3 blocks (10.25 M), 512 steps, 1 preconditioned corrector, tau 0.5, "
-            "gamma 1e-2 (C = 69, M = 3).",
-            dict(in_chans=69, modality_chans=3),
+            "gamma 1e-2, latent term over 8 x 8 blocks (C = 69, M = 3).",
+            dict(in_chans=69, modality_chans=3, latent_block=SHIPPED_LATENT_BLOCK),
         ),
     },
     info=INFO,
