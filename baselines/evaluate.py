@@ -185,16 +185,7 @@ def predict_to_store(
     mean = stats["mean"].sel({schema.CHANNEL: channels}).values.astype(np.float64)
     std = stats["std"].sel({schema.CHANNEL: channels}).values.astype(np.float64)
     times = ds[schema.TIME].values
-    writer = PredictionWriter(
-        path,
-        times=times,
-        channels=channels,
-        latitude=ds[schema.LATITUDE].values,
-        longitude=ds[schema.LONGITUDE].values,
-        members=members,
-        attrs=attrs,
-        overwrite=True,
-    )
+    writer = PredictionWriter.like(ds, path, members=members, attrs=attrs, overwrite=True)
     info = getattr(model, "info", None)
     loader = make_dataloader(
         ds, batch_size=batch_size, train=False, stats=stats, model_info=info, modalities=modalities
