@@ -82,6 +82,8 @@ import torch
 import xarray as xr
 
 from baselines.layers.covariance import (
+    block_curvature,
+    block_mean,
     channel_std,
     normalised_observation_error_std,
     observation_noise_of,
@@ -273,6 +275,24 @@ class GaussianObservation:
 
         tiled = (tile(self.value), tile(self.std), tile(self.mask))
         return GaussianObservation(*tiled, self.operator, tile(self.curvature))
+
+
+def block_observation(
+    value: torch.Tensor, std: torch.Tensor | float, block: int
+) -> GaussianObservation:
+    """``value ~ N(x, std**2)`` per cell (``block = 1``), else its ``block x block`` block means
+    ``block_mean(value) ~ N(block_mean(x), std**2)`` (``std`` then measured on block means):
+    SDA's coarsened background term and SLAMS' latent pseudo-observation. ``value`` is
+    (B, C, H, W)."""
+    if block == 1:
+        return GaussianObservation(value, std)
+    height, width = value.shape[-2:]
+    return GaussianObservation(
+        block_mean(value, block),
+        std,
+        operator=lambda x: block_mean(x, block),
+        curvature=block_curvature(height, width, block).to(value)[None, None],
+    )
 
 
 def guidance_variance(t: torch.Tensor, schedule: VPSchedule, gamma: float) -> torch.Tensor:

@@ -108,15 +108,11 @@ import xarray as xr
 
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
 from baselines.layers.adapter import adapter_context
-from baselines.layers.covariance import (
-    block_curvature,
-    block_error_std,
-    block_mean,
-    check_train_split,
-)
+from baselines.layers.covariance import block_error_std, check_train_split
 from baselines.layers.diffusion import (
     GaussianObservation,
     background_error_std,
+    block_observation,
     denoised_at_random_time,
     normalised_innovations,
     observation_error_std,
@@ -319,16 +315,7 @@ class SDA(ScoreEnsemble, BaselineModule):
         """The background pseudo-observation of ``background`` (B, C, H, W): per cell with
         ``background_block = 1``, else of its block means (module docstring)."""
         std = self.background_std.reshape(1, self.in_chans, 1, 1)
-        block = self.background_block
-        if block == 1:
-            return GaussianObservation(background, std)
-        height, width = background.shape[-2:]
-        return GaussianObservation(
-            block_mean(background, block),
-            std,
-            operator=lambda x: block_mean(x, block),
-            curvature=block_curvature(height, width, block).to(background)[None, None],
-        )
+        return block_observation(background, std, self.background_block)
 
     def observation_terms(self, batch: DABatch) -> list[GaussianObservation]:
         """The guidance: observations (and, in ``"guidance"`` mode, the background)."""

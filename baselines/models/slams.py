@@ -120,10 +120,11 @@ from tqdm.auto import tqdm
 from baselines.interface import Analysis, BaselineModule, DABatch, LossAndDiagnostics, ModelInfo
 from baselines.layers.adapter import adapter_context, has_adapter
 from baselines.layers.conv import NormName, SphereConv2d, get_norm_layer
-from baselines.layers.covariance import block_curvature, block_mean, check_train_split
+from baselines.layers.covariance import block_mean, check_train_split
 from baselines.layers.diffusion import (
     GaussianObservation,
     background_error_std,
+    block_observation,
     denoised_at_random_time,
     normalised_innovations,
     observation_error_std,
@@ -656,17 +657,7 @@ class SLAMS(ScoreEnsemble, BaselineModule):
         """``y_z ~ N(z, sigma_z**2)`` per latent cell with ``latent_block = 1`` (the paper's),
         else ``block_mean_k(y_z) ~ N(block_mean_k(z), sigma_zk**2)`` over ``k x k`` blocks
         (module docstring, Method 3)."""
-        std = self.latent_std.reshape(1, -1, 1, 1)
-        block = self.latent_block
-        if block == 1:
-            return GaussianObservation(y_z, std)
-        height, width = y_z.shape[-2:]
-        return GaussianObservation(
-            block_mean(y_z, block),
-            std,
-            operator=lambda z: block_mean(z, block),
-            curvature=block_curvature(height, width, block).to(y_z)[None, None],
-        )
+        return block_observation(y_z, self.latent_std.reshape(1, -1, 1, 1), self.latent_block)
 
     def analyse(self, batch: DABatch, *, members: int | None = None, seed: int = 0) -> Analysis:
         """``members`` (default ``self.members``) decoded posterior samples (B, N, C, H, W)

@@ -24,11 +24,11 @@ import torch
 import yaml
 
 from baselines.interface import DABatch
-from baselines.layers.covariance import block_curvature, block_mean
 from baselines.layers.diffusion import (
     GaussianObservation,
     SamplerSettings,
     VPSchedule,
+    block_observation,
     member_generator,
     sample,
     standard_normal_eps,
@@ -155,13 +155,7 @@ def latent_check(settings: SamplerSettings, block: int = 1) -> list[str]:
     posterior."""
     batch = _problem(4, seed=2)
     std_b = torch.tensor(SIGMA_B).reshape(1, 4, 1, 1)
-    background = GaussianObservation(batch.background, std_b)
-    if block > 1:
-        background = GaussianObservation(
-            block_mean(batch.background, block), std_b,
-            operator=lambda x: block_mean(x, block),
-            curvature=block_curvature(*GRID, block)[None, None],
-        )  # fmt: skip
+    background = block_observation(batch.background, std_b, block)
     terms = [
         GaussianObservation(batch.observation, torch.tensor(SIGMA_O).reshape(1, 4, 1, 1),
                             batch.mask),
